@@ -1,0 +1,57 @@
+"""`clipserve` command: a thin dispatcher over each subpackage's own `main(argv)`.
+
+Subcommands are imported lazily so `clipserve serve` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("clipserve.training.data_cli", "make or inspect data sets (data synth --out DIR ...)"),
+    "train": ("clipserve.training.train", "fine-tune a CLIP model from a config file"),
+    "eval": ("clipserve.training.evaluate", "instance and semantic retrieval metrics"),
+    "export": ("clipserve.training.export", "export a checkpoint to an ONNX model bundle"),
+    "serve": ("clipserve.serving.server", "serve a model bundle over gRPC with a Qdrant index"),
+    "demo": ("clipserve.cli.demo", "the whole pipeline end to end on embedded defaults"),
+}
+
+# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
+
+
+def _usage() -> str:
+    lines = ["usage: clipserve COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`clipserve COMMAND --help` describes each command."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"clipserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ImportError as exc:
+        print(f"clipserve {name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(module.main(rest) or 0)
+    except USER_ERRORS as exc:
+        print(f"clipserve {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

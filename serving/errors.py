@@ -1,0 +1,44 @@
+"""Domain errors of the serving path, and the one table that maps them to gRPC status codes.
+
+The service layer raises these; only the servicer (via `grpc_status`) turns them into statuses.
+Anything not listed here is a bug: logged with its traceback, answered INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base class: the message is safe to show to the client and says what is wrong."""
+
+
+class InvalidInput(ServingError):
+    """The request is malformed or over a limit (undecodable image, empty, too long...)."""
+
+
+class NotFound(ServingError):
+    """A named collection or point does not exist."""
+
+
+class Overloaded(ServingError):
+    """Too many requests in flight; the client should retry with backoff."""
+
+
+class BackendUnavailable(ServingError):
+    """The inference backend or the index cannot serve right now."""
+
+
+STATUS_TABLE: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status(exc: ServingError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_TABLE:
+            return STATUS_TABLE[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
