@@ -78,3 +78,32 @@ class VectorIndex(Protocol):
     def retrieve(self, name: str, ids: Sequence[str]) -> list[Point]: ...
 
     def close(self) -> None: ...
+
+
+# --- Shared validation, used by every implementation so they reject the same inputs. ---
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_collection_name(name: str) -> str:
+    """Return `name` if it matches `[A-Za-z0-9_-]{1,64}`, else raise ValueError.
+
+    Edge collections are directories, so the rule keeps names path-safe; remote collections obey
+    the same rule so that data can move between the two without renaming.
+    """
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not _NAME_CHARS.issuperset(name):
+        raise ValueError(f"collection name must match [A-Za-z0-9_-]{{1,64}}, got {name!r}")
+    return name
+
+
+def as_vector(vector: np.ndarray | Sequence[float], dim: int) -> np.ndarray:
+    """`vector` as a contiguous float32 array of shape [dim].
+
+    Raises DimensionMismatch for another length (or a non-1-D array) and ValueError for NaN/inf.
+    """
+    arr = np.ascontiguousarray(vector, dtype=np.float32)
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise DimensionMismatch(f"expected a vector of shape [{dim}], got {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vector contains NaN or infinity")
+    return arr
