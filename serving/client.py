@@ -1,0 +1,177 @@
+"""`ClipServeClient`: a small synchronous client for the clipserve.v1 API.
+
+    with ClipServeClient("127.0.0.1:50051") as client:
+        client.wait_ready()
+        ids = client.upsert([("a red bicycle", {"split": "test"}), (png_bytes, {"n": 3})])
+        hits = client.query(text="a bike", top_k=5, filter={"split": "test"})
+
+Texts are `str`, images are encoded `bytes` (the server never fetches URLs). Failed calls raise
+`grpc.RpcError`; `.code()` and `.details()` say what was wrong (see proto/v1/clipserve.proto).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clipserve.index.base import Hit
+from clipserve.proto.v1 import clipserve_pb2 as pb
+from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "clipserve.v1.ClipServe"
+Item = str | bytes  # text or encoded image
+
+
+def to_content(item: Item) -> pb.Content:
+    if isinstance(item, str):
+        return pb.Content(text=item)
+    if isinstance(item, bytes | bytearray | memoryview):
+        return pb.Content(image=bytes(item))
+    raise TypeError(f"an item is a str (text) or bytes (encoded image), got {type(item).__name__}")
+
+
+def to_filter(conditions: Mapping[str, str | int | bool] | None) -> pb.Filter | None:
+    if not conditions:
+        return None
+    must = []
+    for key, value in conditions.items():
+        if isinstance(value, bool):  # before int: bool is an int subclass
+            must.append(pb.FieldMatch(key=key, boolean=value))
+        elif isinstance(value, int):
+            must.append(pb.FieldMatch(key=key, integer=value))
+        elif isinstance(value, str):
+            must.append(pb.FieldMatch(key=key, keyword=value))
+        else:
+            raise TypeError(f"filter {key!r}: value must be str, int or bool")
+    return pb.Filter(must=must)
+
+
+def payload_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct numbers are doubles on the wire; integral ones come back as ints, as stored."""
+    return {k: _intify(v) for k, v in json_format.MessageToDict(struct).items()}
+
+
+def _intify(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _intify(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_intify(v) for v in value]
+    return value
+
+
+class ClipServeClient:
+    def __init__(
+        self, target: str, *, timeout_s: float = 60.0, max_message_bytes: int = 64 << 20
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb_grpc.ClipServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    # -- RPCs -----------------------------------------------------------------------------
+
+    def embed(self, items: Sequence[Item]) -> np.ndarray:
+        """float32 [N, dim], L2-normalised rows, in item order."""
+        resp = self.stub.Embed(
+            pb.EmbedRequest(inputs=[to_content(i) for i in items]), timeout=self.timeout_s
+        )
+        if not resp.embeddings:
+            return np.zeros((0, resp.dim), dtype=np.float32)
+        return np.array([e.values for e in resp.embeddings], dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed(list(texts))
+
+    def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
+        return self.embed(list(images))
+
+    def upsert(
+        self,
+        items: Sequence[tuple[Item, Mapping[str, Any] | None]],
+        *,
+        collection: str = "",
+    ) -> list[str]:
+        """Store (item, payload) pairs; returns their content-derived ids, in order."""
+        request = pb.UpsertRequest(collection=collection)
+        for item, payload in items:
+            struct = struct_pb2.Struct()
+            struct.update(dict(payload or {}))
+            request.items.append(pb.UpsertItem(content=to_content(item), payload=struct))
+        return list(self.stub.Upsert(request, timeout=self.timeout_s).ids)
+
+    def query(
+        self,
+        *,
+        text: str | None = None,
+        image: bytes | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        top_k: int | None = None,
+        filter: Mapping[str, str | int | bool] | None = None,
+        collection: str = "",
+    ) -> list[Hit]:
+        """Best first. Give exactly one of text / image / vector; `filter` ANDs equalities."""
+        request = pb.QueryRequest(collection=collection, top_k=top_k, filter=to_filter(filter))
+        if text is not None:
+            request.text = text
+        if image is not None:
+            request.image = image
+        if vector is not None:
+            request.vector.values.extend(np.asarray(vector, dtype=np.float32).reshape(-1).tolist())
+        resp = self.stub.Query(request, timeout=self.timeout_s)
+        return [Hit(id=h.id, score=h.score, payload=payload_to_dict(h.payload)) for h in resp.hits]
+
+    def info(self) -> pb.InfoResponse:
+        return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health(self, service: str = SERVICE_NAME) -> str:
+        """The health status name ("SERVING", "NOT_SERVING", ...) of `service`."""
+        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the server reports SERVING; TimeoutError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = self.health()
+                if last == "SERVING":
+                    return
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}"
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.target} not SERVING after {timeout_s:.0f} s (last: {last})")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ClipServeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,154 @@
+"""`ServerConfig`: everything `clipserve serve` can be told, validated once, then frozen.
+
+Sources, later wins: the defaults below, `CLIPSERVE_*` environment variables (read only in
+`ServerConfig.from_env`), then explicit overrides (the CLI's flags, a test's arguments).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from clipserve.index.base import check_collection_name
+
+ENV_PREFIX = "CLIPSERVE_"
+MiB = 1 << 20
+
+# The index's rule (names become directories of the embedded engine), stated for clients.
+COLLECTION_RULE = "1-64 characters from A-Z a-z 0-9 _ -"
+
+
+def is_valid_collection_name(name: str) -> bool:
+    try:
+        check_collection_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bundle: Path  # model bundle directory (see clipserve.serving.bundle)
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = any free port (create_server returns the bound one)
+    # Index: an embedded Qdrant engine on `index_path`, or a Qdrant server at `qdrant_url`.
+    index_path: Path | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    collection: str = "clipserve"  # used when a request names none; created at startup
+    # Limits, published by the Info RPC. Requests over them get INVALID_ARGUMENT.
+    max_batch: int = 64  # inputs per Embed, items per Upsert
+    max_text_chars: int = 4096  # cheap guard before tokenizing; tokens are checked too
+    max_image_bytes: int = 8 * MiB  # encoded size
+    max_image_pixels: int = 40_000_000  # decoded width * height (decompression bombs)
+    max_top_k: int = 1000
+    max_in_flight: int = 64  # concurrent RPCs before RESOURCE_EXHAUSTED "server busy"
+    # gRPC's own cap on one message; bounds memory per request (max_in_flight of them at once).
+    max_request_bytes: int = 64 * MiB
+    # Inference.
+    providers: str = "auto"  # "auto" or comma-separated ONNX Runtime providers
+    intra_op_threads: int | None = None  # ONNX Runtime threads per run; None = its default
+    inference_workers: int = 2  # threads running backend calls concurrently
+    grace_s: float = 10.0  # how long a graceful stop lets in-flight calls finish
+    health_interval_s: float = 10.0  # period of the backend probe behind the health status
+
+    def __post_init__(self) -> None:
+        # Accept str paths from callers, store Paths: frozen, so go through object.__setattr__.
+        object.__setattr__(self, "bundle", Path(self.bundle))
+        if self.index_path is not None:
+            object.__setattr__(self, "index_path", Path(self.index_path))
+        if not str(self.bundle):
+            raise ValueError("bundle: a model bundle directory is required")
+        if not self.host:
+            raise ValueError("host: must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: {self.port} is not in [0, 65535]")
+        if (self.index_path is None) == (not self.qdrant_url):
+            raise ValueError(
+                "index: give exactly one of index_path (embedded Qdrant engine on a directory) "
+                "or qdrant_url (a Qdrant server)"
+            )
+        if not is_valid_collection_name(self.collection):
+            raise ValueError(f"collection: {self.collection!r} is not {COLLECTION_RULE}")
+        for name in (
+            "max_batch",
+            "max_text_chars",
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_top_k",
+            "max_in_flight",
+            "max_request_bytes",
+            "inference_workers",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads: must be >= 1, got {self.intra_op_threads}")
+        if not self.providers.strip():
+            raise ValueError(
+                "providers: 'auto' or a comma-separated list of ONNX Runtime providers"
+            )
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+        if self.health_interval_s <= 0:
+            raise ValueError(f"health_interval_s: must be > 0, got {self.health_interval_s}")
+        if self.max_request_bytes >= 2**31:
+            raise ValueError("max_request_bytes: gRPC messages must be under 2 GiB")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def provider_list(self) -> str | list[str]:
+        """`providers` in the form OnnxRuntimeBackend takes: "auto" or a list of names."""
+        if self.providers.strip() == "auto":
+            return "auto"
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Defaults <- `CLIPSERVE_<FIELD>` variables <- overrides (None overrides are ignored,
+        so argparse results can be passed straight through). Raises ValueError naming the
+        variable or field that is wrong."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _ENV_PARSERS.get(f.name, str)(raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}={raw!r}: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown ServerConfig fields: {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "bundle" not in values:
+            raise ValueError(f"bundle: pass --bundle or set {ENV_PREFIX}BUNDLE")
+        return cls(**values)
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "bundle": Path,
+    "index_path": Path,
+    "port": int,
+    "max_batch": int,
+    "max_text_chars": int,
+    "max_image_bytes": int,
+    "max_image_pixels": int,
+    "max_top_k": int,
+    "max_in_flight": int,
+    "max_request_bytes": int,
+    "intra_op_threads": int,
+    "inference_workers": int,
+    "grace_s": float,
+    "health_interval_s": float,
+}

@@ -1,0 +1,269 @@
+"""The gRPC server: wiring, lifecycle and the `clipserve serve` command.
+
+`create_server(config)` builds the backend, the index and the service, registers the ClipServe
+servicer, gRPC health (per service) and server reflection, binds, starts, and warms the backend
+up before reporting SERVING. `shutdown(server)` drains in-flight calls and releases everything;
+a plain `server.stop()` works too (resources are released once the server has terminated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from clipserve.index.base import VectorIndex
+from clipserve.index.factory import open_index
+from clipserve.proto.v1 import clipserve_pb2 as pb
+from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
+from clipserve.serving.backend import EmbeddingBackend
+from clipserve.serving.bundle import BundleError, Manifest, load_manifest
+from clipserve.serving.config import ServerConfig
+from clipserve.serving.service import EmbeddingService
+from clipserve.serving.servicer import ClipServeServicer
+from clipserve.serving.tokenizer import ClipTokenizer
+
+log = logging.getLogger("clipserve.serving")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ClipServe"].full_name  # "clipserve.v1.ClipServe"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class _Runtime:
+    """What a running server owns besides the grpc.aio.Server object itself."""
+
+    service: EmbeddingService
+    health: HealthServicer
+    supervisor: asyncio.Task[None] | None = None
+
+
+_RUNNING: dict[grpc.aio.Server, _Runtime] = {}
+
+
+class StartupError(RuntimeError):
+    """The server cannot start: port taken, index unavailable, backend warm-up failed."""
+
+
+async def create_server(
+    config: ServerConfig,
+    *,
+    backend: EmbeddingBackend | None = None,
+    index: VectorIndex | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Build, bind and start a server; returns it with its bound port (useful for port 0).
+
+    `backend` / `index` replace the ones built from `config` (the server takes ownership and
+    closes them). Health is NOT_SERVING until a warm-up embed succeeded, then SERVING; a
+    periodic probe keeps it truthful. Raises BundleError / ValueError on bad configuration and
+    StartupError if the index cannot be opened, the port bound, or the warm-up fails.
+    """
+    manifest = await asyncio.to_thread(load_manifest, config.bundle)
+    tokenizer = ClipTokenizer.from_bundle(config.bundle, manifest)
+    model: EmbeddingBackend = (
+        backend if backend is not None else await asyncio.to_thread(_onnx_backend, config, manifest)
+    )
+    if index is None:
+        try:
+            index = await asyncio.to_thread(
+                open_index,
+                path=config.index_path,
+                url=config.qdrant_url,
+                api_key=config.qdrant_api_key,
+            )
+        except BaseException:
+            model.close()
+            raise
+    kind = "qdrant" if config.qdrant_url else "qdrant-edge"
+    service = EmbeddingService(config, manifest, model, tokenizer, index, index_kind=kind)
+    try:
+        try:
+            await service.ensure_collection(config.collection)
+        except (RuntimeError, OSError) as exc:  # e.g. the index directory is held by another
+            raise StartupError(f"cannot open collection {config.collection!r}: {exc}") from exc
+        server, port, health = _build_grpc_server(config, service)
+    except BaseException:
+        service.close()
+        raise
+    # The aio health servicer starts with "" SERVING: nothing is, until the warm-up succeeded.
+    await _set_health(health, serving=False)
+    runtime = _Runtime(service, health)
+    _RUNNING[server] = runtime
+    await server.start()
+    runtime.supervisor = asyncio.create_task(_supervise(server, runtime, config))
+    if not await service.probe():
+        await shutdown(server, grace_s=0)
+        raise StartupError("backend warm-up embed failed; see the log for the traceback")
+    await _set_health(health, serving=True)
+    return server, port
+
+
+def _onnx_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
+    from clipserve.serving.onnx_backend import OnnxRuntimeBackend  # loads onnxruntime
+
+    return OnnxRuntimeBackend(
+        config.bundle,
+        manifest,
+        providers=config.provider_list,
+        intra_op_threads=config.intra_op_threads,
+    )
+
+
+def _build_grpc_server(
+    config: ServerConfig, service: EmbeddingService
+) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_request_bytes),
+            ("grpc.so_reuseport", 0),  # port 0 must mean a port nobody else is using
+        ]
+    )
+    pb_grpc.add_ClipServeServicer_to_server(ClipServeServicer(service), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )  # fmt: skip
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot bind {config.address}: {exc}") from exc
+    if port == 0:
+        raise StartupError(f"cannot bind {config.address}")
+    return server, port, health
+
+
+async def _set_health(health: HealthServicer, *, serving: bool) -> None:
+    status = _SERVING if serving else _NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health.set(name, status)
+
+
+async def _supervise(server: grpc.aio.Server, runtime: _Runtime, config: ServerConfig) -> None:
+    """Probe the backend every `health_interval_s` while the server runs; once it has
+    terminated (or the loop is going away), release the backend and the index."""
+    terminated = asyncio.ensure_future(server.wait_for_termination())
+    try:
+        while not terminated.done():
+            done, _ = await asyncio.wait({terminated}, timeout=config.health_interval_s)
+            if not done:
+                healthy = await runtime.service.probe(timeout_s=config.health_interval_s)
+                await _set_health(runtime.health, serving=healthy)
+    finally:
+        terminated.cancel()
+        _RUNNING.pop(server, None)
+        # Off the loop: closing waits for worker threads still finishing a backend call.
+        await asyncio.to_thread(runtime.service.close)
+
+
+async def shutdown(server: grpc.aio.Server, grace_s: float | None = None) -> None:
+    """Graceful stop: health goes NOT_SERVING, new calls are refused, in-flight calls get up
+    to `grace_s` to finish; then the backend and index are closed. Idempotent."""
+    runtime = _RUNNING.get(server)
+    if runtime is not None:
+        await runtime.health.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    if runtime is not None and runtime.supervisor is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.supervisor
+
+
+# -- `clipserve serve` --------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ServerConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(
+        prog="clipserve serve",
+        description="Serve a model bundle over gRPC (clipserve.v1.ClipServe) with a Qdrant index. "
+        "Every flag can also be set as a CLIPSERVE_<NAME> environment variable "
+        "(e.g. CLIPSERVE_MAX_BATCH); flags win.",
+    )
+    p.add_argument("--bundle", type=Path, help="model bundle directory (required)")
+    p.add_argument("--host", help=f"interface to bind (default {d['host'].default})")
+    p.add_argument("--port", type=int, help=f"port, 0 = any free one (default {d['port'].default})")
+    p.add_argument("--index-path", type=Path, help="directory of the embedded Qdrant index")
+    p.add_argument("--qdrant-url", help="a Qdrant server instead of the embedded index")
+    p.add_argument("--collection", help=f"default collection (default {d['collection'].default})")
+    p.add_argument("--providers", help="'auto' or comma-separated ONNX Runtime providers")
+    p.add_argument("--max-batch", type=int, help=f"default {d['max_batch'].default}")
+    p.add_argument("--max-in-flight", type=int, help=f"default {d['max_in_flight'].default}")
+    p.add_argument(
+        "--grace-s", type=float, help=f"drain time on stop (default {d['grace_s'].default})"
+    )
+    p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    p.add_argument("--log-level", default="INFO", help="default INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = ServerConfig.from_env(
+        bundle=args.bundle,
+        host=args.host,
+        port=args.port,
+        index_path=args.index_path,
+        qdrant_url=args.qdrant_url,
+        collection=args.collection,
+        providers=args.providers,
+        max_batch=args.max_batch,
+        max_in_flight=args.max_in_flight,
+        grace_s=args.grace_s,
+    )  # ValueError -> the CLI prints it as a user error
+    try:
+        asyncio.run(_serve(config, args.port_file))
+    except (BundleError, StartupError) as exc:
+        print(f"clipserve serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(config: ServerConfig, port_file: Path | None) -> None:
+    server, port = await create_server(config)
+    info = _RUNNING[server].service.info()
+    log.info(
+        "serving %s version %s (dim %d) on %s:%d | backend %s %s | index %s collection %r",
+        info.model_name, info.model_version[:12], info.dim, config.host, port,
+        info.backend, ",".join(info.providers), info.index_kind, info.default_collection,
+    )  # fmt: skip
+    if port_file is not None:
+        _write_atomic(port_file, f"{port}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    terminated = asyncio.ensure_future(server.wait_for_termination())
+    await asyncio.wait({stopping, terminated}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping: draining in-flight calls (up to %.1f s)", config.grace_s)
+    await shutdown(server, config.grace_s)
+    stopping.cancel()
+    log.info("stopped")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers polling `path` see nothing or the whole content, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
