@@ -64,7 +64,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"unsupported bundle format {data.get('format')!r}; expected {BUNDLE_FORMAT}")
+            raise BundleError(
+                f"unsupported bundle format {data.get('format')!r}; expected {BUNDLE_FORMAT}"
+            )
         try:
             data = dict(data)
             data["image"] = TowerSpec(**data["image"])

@@ -1,0 +1,100 @@
+"""Image decoding and preprocessing for serving, equal to open_clip's eval transform, no torch.
+
+open_clip's ``preprocess_val`` for resize mode "shortest" is torchvision's
+``Resize(size) -> CenterCrop(size) -> convert('RGB') -> ToTensor -> Normalize``. On PIL
+images torchvision calls PIL itself, so doing the same PIL calls in the same order (resize in
+the image's own mode, *then* convert to RGB) reproduces it exactly; only the final float
+arithmetic is re-stated, in float32 as torch does it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clipserve.serving.bundle import Manifest
+from clipserve.serving.errors import InvalidInput
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode encoded image bytes (JPEG, PNG, WebP, ...) into a loaded PIL image.
+
+    Raises InvalidInput for empty, over-`max_bytes`, undecodable or truncated data, and for
+    images over `max_pixels` (width x height), checked from the header before decoding pixels
+    so a decompression bomb costs nothing.
+    """
+    if not data:
+        raise InvalidInput("image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise InvalidInput(f"image is {len(data)} bytes, over the limit of {max_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (then errors at 2x) above its own global bomb limit; ours is explicit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidInput(
+                    f"image is {width}x{height} = {width * height} pixels, "
+                    f"over the limit of {max_pixels} pixels"
+                )
+            if width == 0 or height == 0:
+                raise InvalidInput(f"image has no pixels ({width}x{height})")
+            image.load()
+    except InvalidInput:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInput("image data is not a recognised image format") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated/corrupt streams
+        raise InvalidInput(f"image could not be decoded: {exc}") from exc
+    return image
+
+
+def resize_crop(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
+    """torchvision ``Resize(int) + CenterCrop`` on a PIL image, in the image's own mode.
+
+    The shorter side becomes `size` (the longer one ``int(size * long / short)``, as
+    torchvision truncates), then the centre is cut out with torchvision's rounding.
+    """
+    height, width = size
+    if height != width:
+        raise ValueError(f"shortest-side resize needs a square image size, got {size}")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = height, int(height * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), _RESAMPLE[interpolation])
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """open_clip's ``_convert_to_rgb``: PIL's own conversion (alpha dropped, CMYK/P/L mapped)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def preprocess(images: Sequence[Image.Image], manifest: Manifest) -> np.ndarray:
+    """PIL images -> float32 [N, 3, H, W], normalised with the manifest's mean/std."""
+    if manifest.resize_mode != "shortest":
+        raise ValueError(f"unsupported resize mode {manifest.resize_mode!r}")
+    if manifest.interpolation not in _RESAMPLE:
+        raise ValueError(f"unsupported interpolation {manifest.interpolation!r}")
+    height, width = manifest.image_size
+    out = np.empty((len(images), 3, height, width), dtype=np.float32)
+    mean = np.asarray(manifest.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(manifest.std, dtype=np.float32).reshape(3, 1, 1)
+    for i, image in enumerate(images):
+        rgb = to_rgb(resize_crop(image, manifest.image_size, manifest.interpolation))
+        pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        out[i] = (pixels / np.float32(255.0) - mean) / std
+    return out
