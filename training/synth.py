@@ -1,0 +1,542 @@
+"""A deterministic synthetic image–caption data set whose false negatives are known exactly.
+
+Each item is one coloured shape on a grey background, described by an attribute tuple
+(shape, colour, size, position). The caller fixes how many distinct tuples exist
+(`SynthConfig.n_tuples`); items are spread evenly over them, so two different images with
+the same tuple are true matches. In a contrastive batch those pairs are false negatives, and
+their expected number follows from the tuple counts alone
+(`expected_false_negatives_per_anchor`).
+
+Within a tuple, instances differ only by nuisance variation (position jitter inside the
+region, size jitter inside the size band, small rotation, colour shade, background shade and
+noise) whose ranges never cross an attribute boundary.
+
+Layout written by `generate` (manifests and `synth.json` last, so an interrupted run never
+leaves a manifest that points at missing images)::
+
+    DIR/images/<id>.png
+    DIR/train.jsonl   DIR/test.jsonl   one manifest line per item, keys sorted:
+        {"attributes": {...}, "caption": "...", "id": "000123",
+         "image": "images/000123.png", "labels": "colour=red|position=top-left|..."}
+    DIR/synth.json    config, tuples, counts, expected false negatives per anchor
+
+Same config -> byte-identical files: every item's randomness comes from (seed, index) alone.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+FORMAT = "clipserve-synth/1"
+
+# Attribute vocabulary. Order matters: it defines the full product and thus which tuples a
+# seed draws, so append new values at the end only (and bump FORMAT).
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+# Hues ~60 degrees apart so a tiny model separates them after the shade jitter below.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "yellow": (230, 210, 40),
+    "green": (40, 170, 60),
+    "cyan": (40, 200, 210),
+    "blue": (40, 70, 220),
+    "purple": (150, 50, 210),
+}
+SIZES = ("small", "large")
+POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "colour": tuple(COLOURS),
+    "size": SIZES,
+    "position": POSITIONS,
+}
+FULL_PRODUCT = math.prod(len(v) for v in ATTRIBUTES.values())
+
+# Geometry in units of the image side. A shape's "radius" is its circumradius.
+# Small shapes stay >= ~13 px across at 64 px so an 8-px-patch ViT can tell them apart; the
+# bands leave a gap (0.13 -> 0.18) so no small instance is as big as any large one.
+_RADIUS = {"small": (0.10, 0.13), "large": (0.18, 0.21)}
+_REGION_CENTRE = {
+    "top-left": (0.25, 0.25),
+    "top-right": (0.75, 0.25),
+    "bottom-left": (0.25, 0.75),
+    "bottom-right": (0.75, 0.75),
+    "centre": (0.5, 0.5),
+}
+_QUADRANT_JITTER = 0.07  # at most; also capped so the shape stays inside its quadrant
+_QUADRANT_MARGIN = 0.02  # gap kept between a quadrant shape and the image midlines
+_CENTRE_JITTER = 0.05  # keeps centre shapes well away from any quadrant's centre
+_MAX_ROTATION_DEG = 12.0  # square vs diamond differ by 45 degrees; stay far from that
+_SHADE_JITTER = 14  # per channel, on 0..255
+_BACKGROUND = (80, 150)  # grey level range
+_GRADIENT = 20.0  # grey levels across the image, each axis
+_NOISE_SIGMA = 2.5
+_SUPERSAMPLE = 2  # draw at 2x then box-downsample: cheap antialiasing
+
+# Seed streams, so the tuple draw, the assignment and the split never share random numbers.
+_STREAM_TUPLES, _STREAM_ASSIGN, _STREAM_SPLIT, _STREAM_ITEM = 1, 2, 3, 4
+
+_TEMPLATES = (
+    "{a_size} {colour} {shape} in the {pos}",
+    "{pos}: {a_colour} {shape}, {size}",
+    "there is {a_size} {shape} coloured {colour} in the {pos}",
+    "{a_colour} {shape} ({size}) placed in the {pos}",
+    "in the {pos} of the picture, {a_size} {colour} {shape}",
+    "{size} {shape}, {colour}, {pos}",
+    "the {pos} holds {a_size} {colour} {shape}",
+    "a picture of {a_size} {colour} {shape} in the {pos}",
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What defines a data set; equal configs give byte-identical output.
+
+    n_tuples: distinct attribute tuples (None or 0 = all `FULL_PRODUCT`). With n items each
+    tuple has n // n_tuples or one more, which sets the false-negative rate of a batch.
+    holdout: fraction of items in test.jsonl; every test tuple also appears in train.
+    """
+
+    n: int = 6000
+    seed: int = 0
+    n_tuples: int | None = 120
+    image_size: int = 64
+    holdout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.n_tuples is not None and (
+            not isinstance(self.n_tuples, int) or not 0 <= self.n_tuples <= FULL_PRODUCT
+        ):
+            raise ValueError(
+                f"n_tuples must be between 1 and {FULL_PRODUCT} (or 0/None for all), "
+                f"got {self.n_tuples!r}"
+            )
+        if self.n_tuples == 0:  # one spelling for "all", so equal data sets compare equal
+            object.__setattr__(self, "n_tuples", None)
+        if self.n < self.tuple_count:
+            raise ValueError(
+                f"n={self.n} items cannot cover {self.tuple_count} tuples; "
+                f"raise n or lower n_tuples"
+            )
+        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
+            raise ValueError(
+                f"image_size must be an integer in [32, 1024] (smaller shapes are not "
+                f"recognisable), got {self.image_size!r}"
+            )
+        if not isinstance(self.holdout, (int, float)) or not 0.0 <= self.holdout <= 0.5:
+            raise ValueError(f"holdout must be in [0, 0.5], got {self.holdout!r}")
+
+    @property
+    def tuple_count(self) -> int:
+        return self.n_tuples or FULL_PRODUCT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SynthPaths:
+    root: Path
+    images: Path
+    train: Path
+    test: Path
+    meta: Path
+
+    @classmethod
+    def under(cls, root: str | os.PathLike[str]) -> SynthPaths:
+        root = Path(root)
+        return cls(
+            root, root / "images", root / "train.jsonl", root / "test.jsonl", root / "synth.json"
+        )
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    n_train: int
+    n_test: int
+    n_tuples: int
+    seconds: float  # 0 when reused
+    items_per_s: float  # 0 when reused
+    paths: SynthPaths
+    reused: bool = False
+
+
+# --- tuples, assignment, split ---------------------------------------------------------
+
+
+def labels_key(attributes: dict[str, str]) -> str:
+    """Canonical tuple key: sorted key=value joined by '|'. Equal keys are true matches."""
+    return "|".join(f"{k}={attributes[k]}" for k in sorted(attributes))
+
+
+def draw_tuples(config: SynthConfig) -> list[dict[str, str]]:
+    """The config's tuples, drawn without replacement from the full product, in product order."""
+    product = list(itertools.product(*ATTRIBUTES.values()))
+    rng = np.random.default_rng((config.seed, _STREAM_TUPLES))
+    chosen = sorted(rng.choice(len(product), size=config.tuple_count, replace=False).tolist())
+    return [dict(zip(ATTRIBUTES, product[i], strict=True)) for i in chosen]
+
+
+def assign_tuples(config: SynthConfig) -> np.ndarray:
+    """Tuple index of every item [n]; counts differ by at most one between tuples."""
+    rng = np.random.default_rng((config.seed, _STREAM_ASSIGN))
+    return rng.permutation(np.arange(config.n) % config.tuple_count)
+
+
+def split_test(config: SynthConfig, assignment: np.ndarray) -> np.ndarray:
+    """Boolean mask [n] of test items: stratified per tuple, at least one item kept in train."""
+    rng = np.random.default_rng((config.seed, _STREAM_SPLIT))
+    counts = np.bincount(assignment, minlength=config.tuple_count)
+    target = round(config.holdout * config.n)
+    room = np.maximum(counts - 1, 0)  # items a tuple can give up and stay in train
+    quota = np.minimum(np.floor(config.holdout * counts).astype(int), room)
+    # Largest-remainder rounding, ties broken by a seeded order, to hit the target exactly.
+    order = rng.permutation(config.tuple_count)
+    for t in order[np.argsort(-(config.holdout * counts - quota)[order], kind="stable")]:
+        if quota.sum() >= target:
+            break
+        if quota[t] < room[t]:
+            quota[t] += 1
+    test = np.zeros(config.n, dtype=bool)
+    for t in range(config.tuple_count):
+        members = np.flatnonzero(assignment == t)
+        test[rng.permutation(members)[: quota[t]]] = True
+    return test
+
+
+def expected_false_negatives_from_counts(batch_size: int, counts: Sequence[int]) -> float:
+    """Expected same-tuple partners of an anchor in a batch drawn uniformly without replacement.
+
+    Each of the other batch_size - 1 slots holds a same-tuple item with probability
+    (m_t - 1) / (N - 1) for an anchor of tuple t; averaging over anchors gives
+    (B - 1) * sum m_t (m_t - 1) / (N (N - 1)).
+    """
+    total = int(sum(counts))
+    if batch_size < 1 or total < 2:
+        return 0.0
+    pairs = sum(int(m) * (int(m) - 1) for m in counts)
+    return (min(batch_size, total) - 1) * pairs / (total * (total - 1))
+
+
+def expected_false_negatives_per_anchor(batch_size: int, n: int, n_tuples: int) -> float:
+    """Same, for n items spread evenly over n_tuples tuples (as `assign_tuples` does)."""
+    if n_tuples < 1:
+        raise ValueError(f"n_tuples must be positive, got {n_tuples}")
+    base, extra = divmod(n, n_tuples)
+    return expected_false_negatives_from_counts(
+        batch_size, [base + 1] * extra + [base] * (n_tuples - extra)
+    )
+
+
+# --- captions and rendering ------------------------------------------------------------
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def caption(attributes: dict[str, str], template: int) -> str:
+    """Caption from template index; uses only words the tuple determines."""
+    pos = attributes["position"].replace("-", " ")
+    return _TEMPLATES[template % len(_TEMPLATES)].format(
+        shape=attributes["shape"],
+        colour=attributes["colour"],
+        size=attributes["size"],
+        pos=pos,
+        a_size=_a(attributes["size"]),
+        a_colour=_a(attributes["colour"]),
+    )
+
+
+def _unit_polygon(shape: str) -> np.ndarray:
+    """Vertices [k, 2] with circumradius <= 1, y pointing down, centred on the origin."""
+    if shape == "square":
+        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) / math.sqrt(2)
+    if shape == "diamond":  # taller than wide, so it differs from a square beyond rotation
+        return np.array([[0, -1], [0.65, 0], [0, 1], [-0.65, 0]])
+    if shape == "triangle":
+        ang = np.deg2rad([-90, 30, 150])
+        return np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    if shape == "star":
+        ang = np.deg2rad(-90 + 36 * np.arange(10))
+        rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
+    if shape == "cross":
+        w, a = 0.32, 0.94  # arm half-width, arm length; corner radius stays under 1
+        return np.array(
+            [[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w],
+             [w, a], [-w, a], [-w, w], [-a, w], [-a, -w], [-w, -w]]
+        )  # fmt: skip
+    raise ValueError(f"no polygon for shape {shape!r}")
+
+
+_POLYGONS = {s: _unit_polygon(s) for s in SHAPES if s != "circle"}
+
+
+def render(attributes: dict[str, str], image_size: int, rng: np.random.Generator) -> Image.Image:
+    """One RGB image of the tuple, with nuisance variation drawn from `rng`."""
+    radius = rng.uniform(*_RADIUS[attributes["size"]])
+    cx, cy = _REGION_CENTRE[attributes["position"]]
+    if attributes["position"] == "centre":
+        jitter = _CENTRE_JITTER
+    else:  # keep the whole shape inside its quadrant, clear of the midlines
+        jitter = min(_QUADRANT_JITTER, 0.25 - radius - _QUADRANT_MARGIN)
+    cx += rng.uniform(-jitter, jitter)
+    cy += rng.uniform(-jitter, jitter)
+    angle = np.deg2rad(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
+    base = np.array(COLOURS[attributes["colour"]])
+    shade = np.clip(base + rng.integers(-_SHADE_JITTER, _SHADE_JITTER + 1, 3), 0, 255)
+    colour = tuple(int(c) for c in shade)
+    grey = int(rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1))
+
+    side = image_size * _SUPERSAMPLE
+    canvas = Image.new("RGB", (side, side), (grey, grey, grey))
+    draw = ImageDraw.Draw(canvas)
+    if attributes["shape"] == "circle":
+        r = radius * side
+        draw.ellipse([cx * side - r, cy * side - r, cx * side + r, cy * side + r], fill=colour)
+    else:
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        pts = (_POLYGONS[attributes["shape"]] @ rot.T) * radius * side + (cx * side, cy * side)
+        draw.polygon([tuple(p) for p in pts.tolist()], fill=colour)
+    small = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
+    # Shade gradient and grey (not per-channel) noise: visible nuisance that leaves hue alone
+    # and keeps PNGs ~3x smaller and faster to encode than per-channel noise.
+    ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
+    gx, gy = rng.uniform(-_GRADIENT, _GRADIENT, 2).astype(np.float32)
+    shade = gx * ramp[None, :] + gy * ramp[:, None]
+    noise = rng.standard_normal((image_size, image_size), dtype=np.float32) * _NOISE_SIGMA
+    out = np.rint(small + (shade + noise)[:, :, None])
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def item_rng(seed: int, index: int) -> np.random.Generator:
+    """Per-item generator: depends on (seed, index) only, so chunks render identically."""
+    return np.random.default_rng((seed, _STREAM_ITEM, index))
+
+
+# --- generation ------------------------------------------------------------------------
+
+
+def _id_width(n: int) -> int:
+    return max(6, len(str(n - 1)))
+
+
+def _render_chunk(
+    args: tuple[SynthConfig, list[dict[str, str]], str, list[int], list[int]],
+) -> list[str]:
+    """Render and save items; returns their captions. Top-level so worker processes can run it."""
+    config, tuples, images_dir, indices, tuple_ids = args
+    width = _id_width(config.n)
+    captions = []
+    for index, t in zip(indices, tuple_ids, strict=True):
+        rng = item_rng(config.seed, index)
+        attrs = tuples[t]
+        captions.append(caption(attrs, int(rng.integers(len(_TEMPLATES)))))
+        image = render(attrs, config.image_size, rng)
+        # Fixed encoder options and no metadata chunks: identical bytes run to run. One write
+        # per file: creating files is the slow part here, not encoding.
+        buf = io.BytesIO()
+        image.save(buf, "PNG", compress_level=3)
+        with open(os.path.join(images_dir, f"{index:0{width}d}.png"), "wb") as f:
+            f.write(buf.getbuffer())
+    return captions
+
+
+def _chunks(n: int, size: int) -> Iterator[list[int]]:
+    for start in range(0, n, size):
+        yield list(range(start, min(start + size, n)))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _prepare(paths: SynthPaths) -> None:
+    """Make the dirs; refuse a directory that holds anything but a (partial) synth set."""
+    ours = {"images", "train.jsonl", "test.jsonl", "synth.json"}
+    if paths.root.exists():
+        if not paths.root.is_dir():
+            raise ValueError(f"{paths.root} exists and is not a directory")
+        foreign = sorted(
+            p.name for p in paths.root.iterdir() if p.name.removesuffix(".tmp") not in ours
+        )
+        if foreign:
+            raise ValueError(
+                f"{paths.root} holds files that are not a synth data set ({', '.join(foreign[:3])}); "
+                f"choose an empty or new directory"
+            )
+    # Manifests go first, so a run interrupted from here on leaves no manifest behind.
+    for p in (paths.meta, paths.train, paths.test):
+        p.unlink(missing_ok=True)
+    paths.images.mkdir(parents=True, exist_ok=True)
+
+
+def find_existing(config: SynthConfig, out_dir: str | os.PathLike[str]) -> SynthSummary | None:
+    """Summary of a complete set with this exact config in out_dir, else None."""
+    paths = SynthPaths.under(out_dir)
+    try:
+        meta = json.loads(paths.meta.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT or meta.get("config") != config.to_dict():
+            return None
+        counts = {}
+        for name, manifest in (("train", paths.train), ("test", paths.test)):
+            lines = manifest.read_text(encoding="utf-8").splitlines()
+            if not all((paths.root / json.loads(line)["image"]).is_file() for line in lines):
+                return None
+            counts[name] = len(lines)
+    except (OSError, ValueError, KeyError):
+        return None
+    if counts != {"train": meta["n_train"], "test": meta["n_test"]}:
+        return None
+    return SynthSummary(counts["train"], counts["test"], config.tuple_count, 0.0, 0.0, paths, True)
+
+
+def generate(
+    config: SynthConfig,
+    out_dir: str | os.PathLike[str],
+    progress: bool = True,
+    *,
+    workers: int | None = None,
+    reuse: bool = False,
+) -> SynthSummary:
+    """Write the data set under out_dir (see module docstring); returns counts and speed.
+
+    workers: render processes; None picks one per CPU (up to 4) for large sets. The output
+    is byte-identical for any worker count.
+    reuse=True returns at once if out_dir already holds this exact set.
+    Raises ValueError if out_dir holds something other than a synth data set.
+    """
+    if reuse and (existing := find_existing(config, out_dir)) is not None:
+        return existing
+    if workers is None:
+        # Below ~1000 items starting processes costs more than it saves.
+        workers = 1 if config.n < 1000 else min(os.cpu_count() or 1, 4)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    start = time.perf_counter()
+    paths = SynthPaths.under(out_dir)
+    _prepare(paths)
+    tuples = draw_tuples(config)
+    assignment = assign_tuples(config)
+    is_test = split_test(config, assignment)
+
+    jobs = [
+        (config, tuples, str(paths.images), idx, assignment[idx].tolist())
+        for idx in _chunks(config.n, 256)
+    ]
+    captions: list[str] = []
+    bar = _progress_bar(config.n, progress)
+    if workers == 1:
+        results: Iterator[list[str]] = map(_render_chunk, jobs)
+        _collect(results, captions, bar)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+            _collect(pool.map(_render_chunk, jobs), captions, bar)
+    if bar is not None:
+        bar.close()
+
+    _remove_stale_images(paths, config.n)
+    width = _id_width(config.n)
+    lines: dict[bool, list[str]] = {False: [], True: []}
+    for index in range(config.n):
+        attrs = tuples[assignment[index]]
+        item_id = f"{index:0{width}d}"
+        record = {
+            "id": item_id,
+            "image": f"images/{item_id}.png",
+            "caption": captions[index],
+            "labels": labels_key(attrs),
+            "attributes": dict(attrs),
+        }
+        lines[bool(is_test[index])].append(json.dumps(record, sort_keys=True))
+    _write_atomic(paths.train, "".join(line + "\n" for line in lines[False]))
+    _write_atomic(paths.test, "".join(line + "\n" for line in lines[True]))
+    _write_atomic(
+        paths.meta,
+        json.dumps(_meta(config, tuples, assignment, is_test), indent=2, sort_keys=True) + "\n",
+    )
+
+    seconds = time.perf_counter() - start
+    return SynthSummary(
+        n_train=len(lines[False]),
+        n_test=len(lines[True]),
+        n_tuples=config.tuple_count,
+        seconds=seconds,
+        items_per_s=config.n / seconds if seconds > 0 else float("inf"),
+        paths=paths,
+    )
+
+
+def _mp_context() -> Any:
+    # fork where it exists: workers only touch numpy and PIL (never torch's thread pools), and
+    # spawn would re-run the caller's __main__, breaking scripts without a __main__ guard.
+    return get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="synth", unit="img")
+
+
+def _collect(results: Iterator[list[str]], captions: list[str], bar: Any) -> None:
+    for chunk in results:
+        captions.extend(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+
+
+def _remove_stale_images(paths: SynthPaths, n: int) -> None:
+    """Drop images left by an earlier, larger set so the directory matches its manifests."""
+    width = _id_width(n)
+    for p in paths.images.glob("*.png"):
+        stem = p.stem
+        if not (stem.isdigit() and len(stem) == width and int(stem) < n):
+            p.unlink()
+
+
+def _meta(
+    config: SynthConfig, tuples: list[dict[str, str]], assignment: np.ndarray, is_test: np.ndarray
+) -> dict[str, Any]:
+    train_counts = np.bincount(assignment[~is_test], minlength=len(tuples)).tolist()
+    test_counts = np.bincount(assignment[is_test], minlength=len(tuples)).tolist()
+    return {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+        "n_items": config.n,
+        "n_train": int((~is_test).sum()),
+        "n_test": int(is_test.sum()),
+        "n_tuples": len(tuples),
+        "tuples": [
+            {"labels": labels_key(t), "n_train": a, "n_test": b}
+            for t, a, b in zip(tuples, train_counts, test_counts, strict=True)
+        ],
+        # For the train split, which is what training batches are drawn from.
+        "expected_false_negatives_per_anchor": {
+            str(b): round(expected_false_negatives_from_counts(b, train_counts), 6)
+            for b in (64, 128, 256)
+        },
+    }
