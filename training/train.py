@@ -1,0 +1,544 @@
+"""`clipserve train`: contrastive fine-tuning of an open_clip model from a config file.
+
+Usage: ``clipserve train --config configs/tiny-synth.toml [section.key=value ...]``.
+
+- AdamW without weight decay on biases, gains, embeddings and logit_scale; per-step linear
+  warm-up then cosine decay (open_clip's ``cosine_lr``); logit_scale clamped to [0, ln 100]
+  after every optimizer step, as open_clip's train loop does.
+- Mixed precision on GPU (bf16 autocast where supported, else fp16 + GradScaler); fp32 on CPU.
+- Deterministic on CPU: the same config gives bit-identical weights. Each epoch's shuffle comes
+  from a generator seeded by (seed, epoch), so a resumed run can skip the batches it consumed.
+- ``output_dir/checkpoints/latest.pt`` every ``run.save_every_steps`` and at the end. Rerunning
+  the same command resumes from it and ends with the weights an uninterrupted run would have
+  (exactly, for the in-memory cached path and for ``data.workers = 0``); a finished run is
+  reported and left alone.
+- ``output_dir/metrics.jsonl`` (training rows, plus eval rows when data.val is set) and
+  ``output_dir/training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from clipserve.training.config import TrainConfig, load_config
+from clipserve.training.data import ImageTextDataset, materialize, read_manifest
+from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
+from clipserve.training.model import (
+    CHECKPOINT_FORMAT,
+    LoadedModel,
+    ModelSpec,
+    create_model,
+    save_checkpoint,
+)
+from clipserve.training.plots import plot_training_curve
+
+LOGIT_SCALE_MAX = math.log(100)
+
+# name -> factory for a loss module called as ``loss(**model_out, output_dict=True)`` that
+# returns a dict of loss terms; the loop sums the values. Diagnostics belong in attributes.
+LOSSES: dict[str, Callable[[], nn.Module]] = {"clip": lambda: open_clip.ClipLoss()}
+
+
+def register_loss(name: str, factory: Callable[[], nn.Module]) -> None:
+    """Make a loss selectable as ``loss.name = "<name>"`` (e.g. a FilteredClipLoss)."""
+    LOSSES[name] = factory
+
+
+def build_loss(name: str) -> nn.Module:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss.name {name!r}; registered: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    checkpoint: Path
+    step: int
+    total_steps: int
+    epoch: float
+    final_loss: float | None
+    train_seconds: float  # optimisation time over all sessions of this run
+    resumed: bool
+    already_finished: bool
+    curve_png: Path | None
+    eval_metrics: dict[str, float] | None
+
+
+# ---------------------------------------------------------------------------- setup helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name} but no CUDA device is available; use cpu or auto.")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """None = fp32. CPU always trains in fp32 (CPU autocast is slower than fp32 for these)."""
+    if precision == "fp32" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """open_clip's split: no decay on 1-d params (biases, LayerNorm gains), embeddings and
+    logit_scale/bias; decay on weight matrices."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "embedding" in name or "logit_" in name or name.endswith("bias")
+        (no_decay if exclude else decay).append(p)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up to base_lr over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base_lr
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The shuffle of epoch `epoch`: a pure function of (seed, epoch), so resume can skip."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def load_model(cfg: TrainConfig, device: torch.device) -> LoadedModel:
+    """open_clip model; `pretrained` may be an open_clip tag, a local open_clip/state-dict file
+    or a clipserve checkpoint (weights only; optimizer state is not carried over)."""
+    pre = cfg.model.pretrained
+    if pre and Path(pre).expanduser().is_file():
+        path = Path(pre).expanduser()
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+            if state["model_name"] != cfg.model.name:
+                raise ValueError(
+                    f"model.pretrained {path} holds a {state['model_name']!r} model, "
+                    f"but model.name is {cfg.model.name!r}."
+                )
+            loaded = create_model(ModelSpec(cfg.model.name, None), device=device)
+            loaded.model.load_state_dict(state["model"])
+            return LoadedModel(
+                loaded.model,
+                loaded.preprocess_train,
+                loaded.preprocess_val,
+                loaded.tokenizer,
+                ModelSpec(cfg.model.name, str(path)),
+            )
+    return create_model(ModelSpec(cfg.model.name, pre), device=device)
+
+
+def image_size(model: Any) -> tuple[int, int]:
+    size = getattr(model.visual, "image_size", 224)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# Fields whose change makes a checkpoint in output_dir belong to a different run.
+RUN_IDENTITY = {
+    "model": None,
+    "optim": None,
+    "loss": None,
+    "data": ("train", "batch_size", "augment"),
+    "run": ("seed",),
+}
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for section, keys in RUN_IDENTITY.items():
+        values = config.get(section, {})
+        for k, v in values.items():
+            if keys is None or k in keys:
+                out[f"{section}.{k}"] = list(v) if isinstance(v, tuple | list) else v
+    return out
+
+
+def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
+    a, b = _identity(saved), _identity(cfg.to_dict())
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if diff:
+        details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
+        raise ValueError(
+            f"{ckpt} was written by a different run ({details}). "
+            "Use a fresh run.output_dir, or delete the checkpoint to start over."
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class _Batches:
+    """Per-epoch batches: from an in-memory tensor cache, or a DataLoader over the Dataset."""
+
+    def __init__(self, dataset: ImageTextDataset, cfg: TrainConfig, cached: bool) -> None:
+        self.dataset, self.cfg = dataset, cfg
+        self.bs = cfg.data.batch_size
+        self.steps_per_epoch = len(dataset) // self.bs
+        self.images: torch.Tensor | None = None
+        self.tokens: torch.Tensor | None = None
+        if cached:
+            self.images, self.tokens = materialize(dataset)
+
+    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = epoch_permutation(self.cfg.run.seed, epoch, len(self.dataset))
+        order = perm[start_batch * self.bs : self.steps_per_epoch * self.bs]
+        if self.images is not None and self.tokens is not None:
+            for s in range(0, len(order), self.bs):
+                idx = order[s : s + self.bs]
+                yield self.images[idx], self.tokens[idx]
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.bs,
+            sampler=order.tolist(),
+            num_workers=self.cfg.data.workers,
+            drop_last=True,
+        )
+        for images, tokens, _ in loader:
+            yield images, tokens
+
+
+def _evaluate(model: Any, val: tuple[torch.Tensor, torch.Tensor, list[str] | None], device: Any):
+    images, tokens, labels = val
+    text, image = embed_tensors(model, images, tokens, device=device)
+    return retrieval_metrics(text, image, labels, labels)
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume, or report a finished run) as `cfg` says.
+
+    `stop_after`: stop once this many steps are done (checkpointing there) without finishing,
+    which is how tests interrupt a run.
+    """
+    out_dir = Path(cfg.run.output_dir)
+    ckpt_path = out_dir / "checkpoints" / "latest.pt"
+    metrics_path = out_dir / "metrics.jsonl"
+    curve_path = out_dir / "training_curve.png"
+    device = resolve_device(cfg.run.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.run.threads or available_cores())
+
+    saved: dict[str, Any] | None = None
+    if ckpt_path.exists():
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        assert saved is not None
+        _check_same_run(saved.get("config", {}), cfg, ckpt_path)
+        if saved.get("finished"):
+            print(
+                f"clipserve train: run in {out_dir} already finished at step {saved['step']}; "
+                "nothing to do (delete the checkpoint to train again).",
+                file=sys.stderr,
+            )
+            return TrainResult(
+                out_dir,
+                ckpt_path,
+                saved["step"],
+                saved["total_steps"],
+                saved["epoch"],
+                saved.get("last_loss"),
+                saved.get("elapsed", 0.0),
+                resumed=False,
+                already_finished=True,
+                curve_png=curve_path if curve_path.exists() else None,
+                eval_metrics=saved.get("eval"),
+            )
+
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    # Tiny values (e.g. AdamW's squared-gradient average of rarely used token embeddings)
+    # become denormal, which x86 CPUs process far more slowly; flushing them to zero keeps
+    # the run deterministic.
+    torch.set_flush_denormal(True)
+    try:
+        return _train(cfg, device, saved, ckpt_path, metrics_path, curve_path, stop_after)
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.set_flush_denormal(False)
+
+
+def _train(
+    cfg: TrainConfig,
+    device: torch.device,
+    saved: dict[str, Any] | None,
+    ckpt_path: Path,
+    metrics_path: Path,
+    curve_path: Path,
+    stop_after: int | None,
+) -> TrainResult:
+    out_dir = ckpt_path.parent.parent
+    seed_everything(cfg.run.seed)
+    loaded = load_model(cfg, device)
+    model = loaded.model
+    model.output_dict = True
+    model.train()
+
+    records = read_manifest(cfg.data.train)
+    transform = loaded.preprocess_train if cfg.data.augment else loaded.preprocess_val
+    dataset = ImageTextDataset(records, transform, loaded.tokenizer)
+    h, w = image_size(model)
+    cache_mib = len(records) * 3 * h * w * 4 / 2**20
+    cached = not cfg.data.augment and cache_mib <= cfg.data.cache_max_mib
+    batches = _Batches(dataset, cfg, cached)
+    spe = batches.steps_per_epoch
+    if spe == 0:
+        raise ValueError(
+            f"{cfg.data.train} has {len(records)} records, fewer than data.batch_size="
+            f"{cfg.data.batch_size}; lower the batch size."
+        )
+    total = cfg.optim.max_steps or cfg.optim.epochs * spe
+    end = min(total, stop_after) if stop_after is not None else total
+
+    val = None
+    if cfg.data.val:
+        vrec = read_manifest(cfg.data.val)
+        vimg, vtok = materialize(ImageTextDataset(vrec, loaded.preprocess_val, loaded.tokenizer))
+        vlab = [str(r.labels) for r in vrec] if all(r.labels for r in vrec) else None
+        val = (vimg, vtok, vlab)
+
+    loss_fn = build_loss(cfg.loss.name)
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+    )
+    amp_dtype = autocast_dtype(device, cfg.run.precision)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    step, elapsed, cpu_s, eval_metrics = 0, 0.0, 0.0, None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        step, elapsed, eval_metrics = saved["step"], saved.get("elapsed", 0.0), saved.get("eval")
+        cpu_s = saved.get("cpu_s", 0.0)
+        _truncate_metrics(metrics_path, step)
+        print(f"clipserve train: resuming {out_dir} from step {step}/{total}", file=sys.stderr)
+    resumed = saved is not None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def checkpoint(last_loss: float | None) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "scheduler": {"step": step, "warmup_steps": cfg.optim.warmup_steps},
+                "step": step,
+                "total_steps": total,
+                "epoch": step / spe,
+                "rng": rng_state(),
+                "model_name": cfg.model.name,
+                "pretrained": cfg.model.pretrained,
+                "config": cfg.to_dict(),
+                "finished": step >= total,
+                "elapsed": elapsed,
+                "cpu_s": cpu_s,
+                "last_loss": last_loss,
+                "eval": eval_metrics,
+            },
+        )
+
+    def log(row: dict[str, Any]) -> None:
+        with metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    bar = tqdm(
+        total=total, initial=step, disable=not cfg.run.progress, desc="train", dynamic_ncols=True
+    )
+    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    last_loss: float | None = saved.get("last_loss") if saved else None
+    # Wall and CPU time of the training loop, summed over the sessions of a resumed run.
+    base_elapsed, base_cpu = elapsed, cpu_s
+    loop_t0, loop_c0 = time.perf_counter(), time.process_time()
+    while step < end:
+        epoch, start_batch = divmod(step, spe)
+        for images, tokens in batches.epoch(epoch, start_batch):
+            if step >= end:
+                break
+            lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            images = images.to(device, non_blocking=True)
+            tokens = tokens.to(device, non_blocking=True)
+            with autocast:
+                model_out = model(image=images, text=tokens)
+                losses = loss_fn(**model_out, output_dict=True)
+                loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if cfg.optim.grad_clip_norm:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                if cfg.optim.grad_clip_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+                opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+            step += 1
+            elapsed = base_elapsed + time.perf_counter() - loop_t0
+            cpu_s = base_cpu + time.process_time() - loop_c0
+            last_loss = float(loss.detach())
+            window_loss, window_n = window_loss + last_loss, window_n + 1
+            bar.update(1)
+            if cfg.run.log_every and (step % cfg.run.log_every == 0 or step == total):
+                now = time.perf_counter()
+                sps = window_n * images.shape[0] / max(now - window_t0, 1e-9)
+                row = {
+                    "step": step,
+                    "epoch": round(step / spe, 4),
+                    "loss": window_loss / window_n,
+                    "lr": lr,
+                    "logit_scale": float(model.logit_scale.detach().exp()),
+                    "samples_per_s": round(sps, 2),
+                    "elapsed": round(elapsed, 3),
+                    # CPU seconds of this process: a load-independent cost on shared machines.
+                    "cpu_s": round(cpu_s, 3),
+                }
+                log(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
+                window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+            if val is not None and cfg.run.eval_every and step % cfg.run.eval_every == 0:
+                eval_metrics = _evaluate(model, val, device)
+                log({"step": step, "split": "val", **eval_metrics})
+            if cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0 and step < end:
+                checkpoint(last_loss)
+    bar.close()
+    if (
+        step >= total
+        and val is not None
+        and not (cfg.run.eval_every and step % cfg.run.eval_every == 0)
+    ):
+        eval_metrics = _evaluate(model, val, device)
+        log({"step": step, "split": "val", **eval_metrics})
+    checkpoint(last_loss)
+    if eval_metrics is not None and step >= total:
+        (out_dir / "eval.json").write_text(json.dumps(eval_metrics, indent=2) + "\n")
+    curve = plot_training_curve(metrics_path, curve_path) if metrics_path.exists() else None
+    return TrainResult(
+        out_dir,
+        ckpt_path,
+        step,
+        total,
+        step / spe,
+        last_loss,
+        elapsed,
+        resumed=resumed,
+        already_finished=False,
+        curve_png=curve,
+        eval_metrics=eval_metrics,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clipserve train",
+        description="Contrastive fine-tuning from a TOML config; rerun the same command to resume.",
+    )
+    parser.add_argument("--config", help="TOML config (e.g. configs/tiny-synth.toml)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override config values, e.g. optim.lr=2e-3 run.output_dir=work/run",
+    )
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    if not result.already_finished:
+        print(
+            f"trained {cfg.model.name}: {result.step} steps ({result.epoch:.2f} epochs) in "
+            f"{result.train_seconds:.1f}s; final loss {result.final_loss:.4f}"
+        )
+    print(f"checkpoint: {result.checkpoint}")
+    if result.curve_png:
+        print(f"training curve: {result.curve_png}")
+    if result.eval_metrics:
+        print(format_table(result.eval_metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
