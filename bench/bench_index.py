@@ -22,11 +22,12 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from qdrant_client import QdrantClient
+
 from clipserve.index.base import FieldMatch, Filter, Point, VectorIndex
 from clipserve.index.edge import EdgeIndex
 from clipserve.index.ids import text_id
 from clipserve.index.remote import RemoteIndex
-from qdrant_client import QdrantClient
 
 COLL = "bench"
 

@@ -79,10 +79,23 @@ class ServerProcess:
         self.log_path = workdir / "server.log"
         self.port_file.unlink(missing_ok=True)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "clipserve.cli.main", "serve", "--bundle", str(bundle),
-               "--index-path", str(index), "--host", "127.0.0.1", "--port", "0",
-               "--port-file", str(self.port_file)]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - the child writes to it; closed in stop()
+        cmd = [
+            sys.executable,
+            "-m",
+            "clipserve.cli.main",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--index-path",
+            str(index),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(self.port_file),
+        ]
         print("$ " + " ".join(cmd[2:]).replace("clipserve.cli.main", "clipserve"), flush=True)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -90,7 +103,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}; see {self.log_path}"
+                )
             if self.port_file.exists() and self.port_file.read_text().strip():
                 return int(self.port_file.read_text().strip())
             time.sleep(0.2)
@@ -129,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = DemoPaths(Path(args.workdir))
     config = Path(args.config)
     if not config.is_file():
-        raise FileNotFoundError(f"training config {config} not found (run from the repository root)")
+        raise FileNotFoundError(
+            f"training config {config} not found (run from the repository root)"
+        )
     if args.force and paths.root.exists():
         import shutil
 
@@ -137,20 +154,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
 
     _step("1/6 synthetic data")
-    _run(["data", "synth", "--out", str(paths.data), "--n", str(args.n), "--seed", str(args.seed),
-          "--tuples", str(args.tuples)])
+    _run(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(paths.data),
+            "--n",
+            str(args.n),
+            "--seed",
+            str(args.seed),
+            "--tuples",
+            str(args.tuples),
+        ]
+    )
 
     _step("2/6 fine-tune")
-    _run(["train", "--config", str(config), f"data.train={paths.data / 'train.jsonl'}",
-          f"data.val={paths.data / 'test.jsonl'}", f"run.output_dir={paths.train}",
-          f"run.seed={args.seed}", *args.train_overrides])
+    # Held-out metrics come from `clipserve eval` in the next step, so no in-training eval.
+    _run(
+        [
+            "train",
+            "--config",
+            str(config),
+            f"data.train={paths.data / 'train.jsonl'}",
+            "data.val=none",
+            f"run.output_dir={paths.train}",
+            f"run.seed={args.seed}",
+            *args.train_overrides,
+        ]
+    )
 
     _step("3/6 evaluate (PyTorch, held-out data)")
-    _run(["eval", "--checkpoint", str(paths.checkpoint), "--data", str(paths.data / "test.jsonl"),
-          "--out", str(paths.eval_json)])
+    _run(
+        [
+            "eval",
+            "--checkpoint",
+            str(paths.checkpoint),
+            "--data",
+            str(paths.data / "test.jsonl"),
+            "--out",
+            str(paths.eval_json),
+        ]
+    )
 
     _step("4/6 export ONNX bundle")
-    if (paths.bundle / "manifest.json").is_file() and not _stale(paths.bundle / "manifest.json", paths.checkpoint):
+    if (paths.bundle / "manifest.json").is_file() and not _stale(
+        paths.bundle / "manifest.json", paths.checkpoint
+    ):
         print(f"reusing bundle {paths.bundle} (newer than the checkpoint)")
     else:
         _run(["export", str(paths.checkpoint), "--out", str(paths.bundle)])

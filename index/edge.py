@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
+
 from clipserve.index.base import (
     CollectionNotFound,
     DimensionMismatch,

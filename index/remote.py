@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
+from qdrant_client import QdrantClient, models
+
 from clipserve.index.base import (
     CollectionNotFound,
     DimensionMismatch,
@@ -28,7 +30,6 @@ from clipserve.index.base import (
     check_collection_name,
 )
 from clipserve.index.ids import canonical_id
-from qdrant_client import QdrantClient, models
 
 
 class RemoteIndex:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
+
 from clipserve.index.base import (
     CollectionNotFound,
     DimensionMismatch,
@@ -27,7 +29,6 @@ from clipserve.index.edge import EdgeIndex
 from clipserve.index.factory import open_index
 from clipserve.index.ids import canonical_id, content_id, image_id, text_id
 from clipserve.index.remote import RemoteIndex
-from qdrant_client import QdrantClient
 
 DIM = 128
 N = 300

@@ -8,6 +8,7 @@ local checkpoint path. clipserve registers the configs in `model_configs/` (e.g.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ class LoadedModel:
     spec: ModelSpec
 
 
+class _DropNoPretrainedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
 def create_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
     """Build an open_clip model with its transforms and tokenizer.
 
@@ -56,9 +62,16 @@ def create_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedM
     pretrained = spec.pretrained or None
     if pretrained and Path(pretrained).expanduser().exists():
         pretrained = str(Path(pretrained).expanduser())
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        spec.name, pretrained=pretrained, device=device
-    )
+    quiet = None if pretrained else _DropNoPretrainedWarning()
+    if quiet:  # expected when training from scratch or loading a checkpoint right after
+        logging.getLogger().addFilter(quiet)
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            spec.name, pretrained=pretrained, device=device
+        )
+    finally:
+        if quiet:
+            logging.getLogger().removeFilter(quiet)
     tokenizer = open_clip.get_tokenizer(spec.name)
     return LoadedModel(model, preprocess_train, preprocess_val, tokenizer, spec)
 
