@@ -107,3 +107,18 @@ def as_vector(vector: np.ndarray | Sequence[float], dim: int) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError("vector contains NaN or infinity")
     return arr
+
+
+def ordered_points(wanted: Sequence[str], records: Sequence[Any]) -> list[Point]:
+    """Qdrant records (anything with .id, .vector, .payload) as Points in `wanted` order,
+    unknown ids left out. Shared by every VectorIndex.retrieve."""
+    found = {str(r.id): r for r in records}
+    return [
+        Point(
+            id=i,
+            vector=np.asarray(found[i].vector, dtype=np.float32),
+            payload=found[i].payload or {},
+        )
+        for i in wanted
+        if i in found
+    ]

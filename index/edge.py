@@ -45,6 +45,7 @@ from clipserve.index.base import (
     Point,
     as_vector,
     check_collection_name,
+    ordered_points,
 )
 from clipserve.index.ids import canonical_id
 
@@ -158,16 +159,7 @@ class EdgeIndex:
         if not wanted:
             return []
         records = coll.shard.retrieve(wanted, with_payload=True, with_vector=True)
-        found = {str(r.id): r for r in records}
-        return [
-            Point(
-                id=i,
-                vector=np.asarray(found[i].vector, dtype=np.float32),
-                payload=found[i].payload or {},
-            )
-            for i in wanted
-            if i in found
-        ]
+        return ordered_points(wanted, records)
 
     def close(self) -> None:
         """Flush and close every open shard. Idempotent; the index is unusable afterwards."""

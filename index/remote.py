@@ -28,6 +28,7 @@ from clipserve.index.base import (
     Point,
     as_vector,
     check_collection_name,
+    ordered_points,
 )
 from clipserve.index.ids import canonical_id
 
@@ -153,16 +154,7 @@ class RemoteIndex:
             return []
         with self._local_lock, self._not_found_as(name):
             records = self._client.retrieve(name, ids=wanted, with_payload=True, with_vectors=True)
-        found = {str(r.id): r for r in records}
-        return [
-            Point(
-                id=i,
-                vector=np.asarray(found[i].vector, dtype=np.float32),
-                payload=found[i].payload or {},
-            )
-            for i in wanted
-            if i in found
-        ]
+        return ordered_points(wanted, records)
 
     def close(self) -> None:
         """Close the client if this object built it. Idempotent."""

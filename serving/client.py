@@ -18,12 +18,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clipserve.index.base import Hit
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
+from clipserve.serving.servicer import payload_from_proto
 
 SERVICE_NAME = "clipserve.v1.ClipServe"
 Item = str | bytes  # text or encoded image
@@ -51,21 +52,6 @@ def to_filter(conditions: Mapping[str, str | int | bool] | None) -> pb.Filter | 
         else:
             raise TypeError(f"filter {key!r}: value must be str, int or bool")
     return pb.Filter(must=must)
-
-
-def payload_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct numbers are doubles on the wire; integral ones come back as ints, as stored."""
-    return {k: _intify(v) for k, v in json_format.MessageToDict(struct).items()}
-
-
-def _intify(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _intify(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_intify(v) for v in value]
-    return value
 
 
 class ClipServeClient:
@@ -134,7 +120,9 @@ class ClipServeClient:
         if vector is not None:
             request.vector.values.extend(np.asarray(vector, dtype=np.float32).reshape(-1).tolist())
         resp = self.stub.Query(request, timeout=self.timeout_s)
-        return [Hit(id=h.id, score=h.score, payload=payload_to_dict(h.payload)) for h in resp.hits]
+        return [
+            Hit(id=h.id, score=h.score, payload=payload_from_proto(h.payload)) for h in resp.hits
+        ]
 
     def info(self) -> pb.InfoResponse:
         return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
