@@ -77,6 +77,8 @@ class EdgeIndex:
         fsync: flush WAL and segments before `upsert` returns (see module docstring).
     """
 
+    kind = "qdrant-edge"  # reported by the server's Info
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -46,6 +46,8 @@ class RemoteIndex:
         timeout: request timeout in seconds for a client built here.
     """
 
+    kind = "qdrant"  # reported by the server's Info
+
     def __init__(
         self,
         url: str | None = None,

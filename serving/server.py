@@ -88,7 +88,7 @@ async def create_server(
         except BaseException:
             model.close()
             raise
-    kind = "qdrant" if config.qdrant_url else "qdrant-edge"
+    kind = getattr(index, "kind", type(index).__name__)
     service = EmbeddingService(config, manifest, model, tokenizer, index, index_kind=kind)
     try:
         try:

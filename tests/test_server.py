@@ -556,3 +556,28 @@ def test_config_names_the_bad_env_var() -> None:
         ServerConfig.from_env({"CLIPSERVE_BUNDLE": "b", "CLIPSERVE_MAX_BATCH": "many"})
     with pytest.raises(ValueError, match="CLIPSERVE_BUNDLE"):
         ServerConfig.from_env({})
+
+
+def test_server_over_remote_qdrant_api(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The same server over `RemoteIndex` (qdrant-client; its local mode stands in for a
+    Qdrant server here): Upsert, idempotent re-Upsert, Query and filters behave the same."""
+    from qdrant_client import QdrantClient
+
+    from clipserve.index.remote import RemoteIndex
+
+    qdrant = QdrantClient(":memory:")
+    config = ServerConfig(bundle=tiny_bundle, port=0, index_path=tmp_path / "unused", **LIMITS)
+    bg = BackgroundServer(config, index=RemoteIndex(client=qdrant))
+    try:
+        assert bg.client.info().index_kind == "qdrant"
+        items = [(RED, {"c": "red"}), (GREEN, {"c": "green"}), ("a blue square", {"c": "txt"})]
+        ids = bg.client.upsert(items)
+        assert bg.client.upsert(items) == ids
+        assert qdrant.count("clipserve", exact=True).count == 3
+        hits = bg.client.query(image=GREEN, top_k=3)
+        assert hits[0].id == ids[1] and hits[0].payload == {"c": "green"}
+        only_red = bg.client.query(text="a blue square", top_k=3, filter={"c": "red"})
+        assert [h.id for h in only_red] == [ids[0]]
+    finally:
+        bg.stop()
+        qdrant.close()
