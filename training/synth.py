@@ -7,9 +7,10 @@ the same tuple are true matches. In a contrastive batch those pairs are false ne
 their expected number follows from the tuple counts alone
 (`expected_false_negatives_per_anchor`).
 
-Within a tuple, instances differ only by nuisance variation (position jitter inside the
-region, size jitter inside the size band, small rotation, colour shade, background shade and
-noise) whose ranges never cross an attribute boundary.
+Within a tuple, instances differ only by nuisance variation whose ranges never cross an
+attribute boundary. The vocabulary and drawing live in `synth_render`, the caption templates
+in `synth_captions`; this module owns the config, which tuples exist and how items are
+assigned and split, and writing the files. Their names are re-exported here.
 
 Layout written by `generate` (manifests and `synth.json` last, so an interrupted run never
 leaves a manifest that points at missing images)::
@@ -28,7 +29,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -39,66 +39,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from clipserve.training.synth_captions import TEMPLATES, caption
+from clipserve.training.synth_render import (
+    ATTRIBUTES,
+    COLOURS,
+    FULL_PRODUCT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    render,
+)
+
+__all__ = [
+    "ATTRIBUTES",
+    "COLOURS",
+    "FORMAT",
+    "FULL_PRODUCT",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "SynthConfig",
+    "SynthPaths",
+    "SynthSummary",
+    "assign_tuples",
+    "caption",
+    "draw_tuples",
+    "expected_false_negatives_from_counts",
+    "expected_false_negatives_per_anchor",
+    "find_existing",
+    "generate",
+    "item_rng",
+    "labels_key",
+    "render",
+    "split_test",
+]
 
 FORMAT = "clipserve-synth/1"
 
-# Attribute vocabulary. Order matters: it defines the full product and thus which tuples a
-# seed draws, so append new values at the end only (and bump FORMAT).
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-# Hues ~60 degrees apart so a tiny model separates them after the shade jitter below.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "yellow": (230, 210, 40),
-    "green": (40, 170, 60),
-    "cyan": (40, 200, 210),
-    "blue": (40, 70, 220),
-    "purple": (150, 50, 210),
-}
-SIZES = ("small", "large")
-POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
-ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "shape": SHAPES,
-    "colour": tuple(COLOURS),
-    "size": SIZES,
-    "position": POSITIONS,
-}
-FULL_PRODUCT = math.prod(len(v) for v in ATTRIBUTES.values())
-
-# Geometry in units of the image side. A shape's "radius" is its circumradius.
-# Small shapes stay >= ~13 px across at 64 px so an 8-px-patch ViT can tell them apart; the
-# bands leave a gap (0.13 -> 0.18) so no small instance is as big as any large one.
-_RADIUS = {"small": (0.10, 0.13), "large": (0.18, 0.21)}
-_REGION_CENTRE = {
-    "top-left": (0.25, 0.25),
-    "top-right": (0.75, 0.25),
-    "bottom-left": (0.25, 0.75),
-    "bottom-right": (0.75, 0.75),
-    "centre": (0.5, 0.5),
-}
-_QUADRANT_JITTER = 0.07  # at most; also capped so the shape stays inside its quadrant
-_QUADRANT_MARGIN = 0.02  # gap kept between a quadrant shape and the image midlines
-_CENTRE_JITTER = 0.05  # keeps centre shapes well away from any quadrant's centre
-_MAX_ROTATION_DEG = 12.0  # square vs diamond differ by 45 degrees; stay far from that
-_SHADE_JITTER = 14  # per channel, on 0..255
-_BACKGROUND = (80, 150)  # grey level range
-_GRADIENT = 20.0  # grey levels across the image, each axis
-_NOISE_SIGMA = 2.5
-_SUPERSAMPLE = 2  # draw at 2x then box-downsample: cheap antialiasing
-
 # Seed streams, so the tuple draw, the assignment and the split never share random numbers.
 _STREAM_TUPLES, _STREAM_ASSIGN, _STREAM_SPLIT, _STREAM_ITEM = 1, 2, 3, 4
-
-_TEMPLATES = (
-    "{a_size} {colour} {shape} in the {pos}",
-    "{pos}: {a_colour} {shape}, {size}",
-    "there is {a_size} {shape} coloured {colour} in the {pos}",
-    "{a_colour} {shape} ({size}) placed in the {pos}",
-    "in the {pos} of the picture, {a_size} {colour} {shape}",
-    "{size} {shape}, {colour}, {pos}",
-    "the {pos} holds {a_size} {colour} {shape}",
-    "a picture of {a_size} {colour} {shape} in the {pos}",
-)
 
 
 @dataclass(frozen=True)
@@ -245,86 +225,7 @@ def expected_false_negatives_per_anchor(batch_size: int, n: int, n_tuples: int) 
     )
 
 
-# --- captions and rendering ------------------------------------------------------------
-
-
-def _a(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-
-def caption(attributes: dict[str, str], template: int) -> str:
-    """Caption from template index; uses only words the tuple determines."""
-    pos = attributes["position"].replace("-", " ")
-    return _TEMPLATES[template % len(_TEMPLATES)].format(
-        shape=attributes["shape"],
-        colour=attributes["colour"],
-        size=attributes["size"],
-        pos=pos,
-        a_size=_a(attributes["size"]),
-        a_colour=_a(attributes["colour"]),
-    )
-
-
-def _unit_polygon(shape: str) -> np.ndarray:
-    """Vertices [k, 2] with circumradius <= 1, y pointing down, centred on the origin."""
-    if shape == "square":
-        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) / math.sqrt(2)
-    if shape == "diamond":  # taller than wide, so it differs from a square beyond rotation
-        return np.array([[0, -1], [0.65, 0], [0, 1], [-0.65, 0]])
-    if shape == "triangle":
-        ang = np.deg2rad([-90, 30, 150])
-        return np.stack([np.cos(ang), np.sin(ang)], axis=1)
-    if shape == "star":
-        ang = np.deg2rad(-90 + 36 * np.arange(10))
-        rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-        return np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
-    if shape == "cross":
-        w, a = 0.32, 0.94  # arm half-width, arm length; corner radius stays under 1
-        return np.array(
-            [[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w],
-             [w, a], [-w, a], [-w, w], [-a, w], [-a, -w], [-w, -w]]
-        )  # fmt: skip
-    raise ValueError(f"no polygon for shape {shape!r}")
-
-
-_POLYGONS = {s: _unit_polygon(s) for s in SHAPES if s != "circle"}
-
-
-def render(attributes: dict[str, str], image_size: int, rng: np.random.Generator) -> Image.Image:
-    """One RGB image of the tuple, with nuisance variation drawn from `rng`."""
-    radius = rng.uniform(*_RADIUS[attributes["size"]])
-    cx, cy = _REGION_CENTRE[attributes["position"]]
-    if attributes["position"] == "centre":
-        jitter = _CENTRE_JITTER
-    else:  # keep the whole shape inside its quadrant, clear of the midlines
-        jitter = min(_QUADRANT_JITTER, 0.25 - radius - _QUADRANT_MARGIN)
-    cx += rng.uniform(-jitter, jitter)
-    cy += rng.uniform(-jitter, jitter)
-    angle = np.deg2rad(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
-    base = np.array(COLOURS[attributes["colour"]])
-    shade = np.clip(base + rng.integers(-_SHADE_JITTER, _SHADE_JITTER + 1, 3), 0, 255)
-    colour = tuple(int(c) for c in shade)
-    grey = int(rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1))
-
-    side = image_size * _SUPERSAMPLE
-    canvas = Image.new("RGB", (side, side), (grey, grey, grey))
-    draw = ImageDraw.Draw(canvas)
-    if attributes["shape"] == "circle":
-        r = radius * side
-        draw.ellipse([cx * side - r, cy * side - r, cx * side + r, cy * side + r], fill=colour)
-    else:
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        pts = (_POLYGONS[attributes["shape"]] @ rot.T) * radius * side + (cx * side, cy * side)
-        draw.polygon([tuple(p) for p in pts.tolist()], fill=colour)
-    small = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
-    # Shade gradient and grey (not per-channel) noise: visible nuisance that leaves hue alone
-    # and keeps PNGs ~3x smaller and faster to encode than per-channel noise.
-    ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
-    gx, gy = rng.uniform(-_GRADIENT, _GRADIENT, 2).astype(np.float32)
-    shade = gx * ramp[None, :] + gy * ramp[:, None]
-    noise = rng.standard_normal((image_size, image_size), dtype=np.float32) * _NOISE_SIGMA
-    out = np.rint(small + (shade + noise)[:, :, None])
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+# --- per-item randomness ---------------------------------------------------------------
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
@@ -349,7 +250,7 @@ def _render_chunk(
     for index, t in zip(indices, tuple_ids, strict=True):
         rng = item_rng(config.seed, index)
         attrs = tuples[t]
-        captions.append(caption(attrs, int(rng.integers(len(_TEMPLATES)))))
+        captions.append(caption(attrs, int(rng.integers(len(TEMPLATES)))))
         image = render(attrs, config.image_size, rng)
         # Fixed encoder options and no metadata chunks: identical bytes run to run. One write
         # per file: creating files is the slow part here, not encoding.
