@@ -4,16 +4,18 @@ Usage: ``clipserve train --config configs/tiny-synth.toml [section.key=value ...
 
 - AdamW without weight decay on biases, gains, embeddings and logit_scale; per-step linear
   warm-up then cosine decay (open_clip's ``cosine_lr``); logit_scale clamped to [0, ln 100]
-  after every optimizer step, as open_clip's train loop does.
+  after every optimizer step, as open_clip's train loop does (all in `optim`).
 - Mixed precision on GPU (bf16 autocast where supported, else fp16 + GradScaler); fp32 on CPU.
 - Deterministic on CPU: the same config gives bit-identical weights. Each epoch's shuffle comes
   from a generator seeded by (seed, epoch), so a resumed run can skip the batches it consumed.
 - ``output_dir/checkpoints/latest.pt`` every ``run.save_every_steps`` and at the end. Rerunning
   the same command resumes from it and ends with the weights an uninterrupted run would have
   (exactly, for the in-memory cached path and for ``data.workers = 0``); a finished run is
-  reported and left alone.
+  reported and left alone. What latest.pt holds and how resume works: `checkpointing`.
 - ``output_dir/metrics.jsonl`` (training rows, plus eval rows when data.val is set) and
   ``output_dir/training_curve.png``.
+
+This module is the loop and its setup; `lr_at` and `param_groups` are re-exported from `optim`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import random
 import sys
@@ -37,19 +38,37 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from clipserve.training.checkpointing import (
+    Progress,
+    read_run_state,
+    restore_run_state,
+    save_run_state,
+    truncate_metrics,
+)
 from clipserve.training.config import TrainConfig, load_config
 from clipserve.training.data import ImageTextDataset, materialize, read_manifest
 from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
-from clipserve.training.model import (
-    CHECKPOINT_FORMAT,
-    LoadedModel,
-    ModelSpec,
-    create_model,
-    save_checkpoint,
+from clipserve.training.model import CHECKPOINT_FORMAT, LoadedModel, ModelSpec, create_model
+from clipserve.training.optim import (
+    build_optimizer,
+    lr_at,
+    optimizer_step,
+    param_groups,
+    set_lr,
 )
 from clipserve.training.plots import plot_training_curve
 
-LOGIT_SCALE_MAX = math.log(100)
+__all__ = [
+    "LOSSES",
+    "TrainResult",
+    "build_loss",
+    "load_model",
+    "lr_at",
+    "main",
+    "param_groups",
+    "register_loss",
+    "train",
+]
 
 # name -> factory for a loss module called as ``loss(**model_out, output_dict=True)`` that
 # returns a dict of loss terms; the loop sums the values. Diagnostics belong in attributes.
@@ -113,49 +132,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """open_clip's split: no decay on 1-d params (biases, LayerNorm gains), embeddings and
-    logit_scale/bias; decay on weight matrices."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "embedding" in name or "logit_" in name or name.endswith("bias")
-        (no_decay if exclude else decay).append(p)
-    return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
-    ]
-
-
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up to base_lr over `warmup` steps, then cosine to 0 at `total`."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base_lr
-
-
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The shuffle of epoch `epoch`: a pure function of (seed, epoch), so resume can skip."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -190,46 +166,6 @@ def load_model(cfg: TrainConfig, device: torch.device) -> LoadedModel:
 def image_size(model: Any) -> tuple[int, int]:
     size = getattr(model.visual, "image_size", 224)
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-# Fields whose change makes a checkpoint in output_dir belong to a different run.
-RUN_IDENTITY = {
-    "model": None,
-    "optim": None,
-    "loss": None,
-    "data": ("train", "batch_size", "augment"),
-    "run": ("seed",),
-}
-
-
-def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for section, keys in RUN_IDENTITY.items():
-        values = config.get(section, {})
-        for k, v in values.items():
-            if keys is None or k in keys:
-                out[f"{section}.{k}"] = list(v) if isinstance(v, tuple | list) else v
-    return out
-
-
-def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
-    a, b = _identity(saved), _identity(cfg.to_dict())
-    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    if diff:
-        details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
-        raise ValueError(
-            f"{ckpt} was written by a different run ({details}). "
-            "Use a fresh run.output_dir, or delete the checkpoint to start over."
-        )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- training
@@ -286,30 +222,26 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     if device.type == "cpu":
         torch.set_num_threads(cfg.run.threads or available_cores())
 
-    saved: dict[str, Any] | None = None
-    if ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        assert saved is not None
-        _check_same_run(saved.get("config", {}), cfg, ckpt_path)
-        if saved.get("finished"):
-            print(
-                f"clipserve train: run in {out_dir} already finished at step {saved['step']}; "
-                "nothing to do (delete the checkpoint to train again).",
-                file=sys.stderr,
-            )
-            return TrainResult(
-                out_dir,
-                ckpt_path,
-                saved["step"],
-                saved["total_steps"],
-                saved["epoch"],
-                saved.get("last_loss"),
-                saved.get("elapsed", 0.0),
-                resumed=False,
-                already_finished=True,
-                curve_png=curve_path if curve_path.exists() else None,
-                eval_metrics=saved.get("eval"),
-            )
+    saved = read_run_state(ckpt_path, cfg)
+    if saved is not None and saved.get("finished"):
+        print(
+            f"clipserve train: run in {out_dir} already finished at step {saved['step']}; "
+            "nothing to do (delete the checkpoint to train again).",
+            file=sys.stderr,
+        )
+        return TrainResult(
+            out_dir,
+            ckpt_path,
+            saved["step"],
+            saved["total_steps"],
+            saved["epoch"],
+            saved.get("last_loss"),
+            saved.get("elapsed", 0.0),
+            resumed=False,
+            already_finished=True,
+            curve_png=curve_path if curve_path.exists() else None,
+            eval_metrics=saved.get("eval"),
+        )
 
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
@@ -364,51 +296,34 @@ def _train(
         val = (vimg, vtok, vlab)
 
     loss_fn = build_loss(cfg.loss.name)
-    opt = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        eps=cfg.optim.eps,
-    )
+    opt = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(device, cfg.run.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    step, elapsed, cpu_s, eval_metrics = 0, 0.0, 0.0, None
+    progress = Progress()
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
-        step, elapsed, eval_metrics = saved["step"], saved.get("elapsed", 0.0), saved.get("eval")
-        cpu_s = saved.get("cpu_s", 0.0)
-        _truncate_metrics(metrics_path, step)
-        print(f"clipserve train: resuming {out_dir} from step {step}/{total}", file=sys.stderr)
+        progress = restore_run_state(saved, model, opt, scaler)
+        truncate_metrics(metrics_path, progress.step)
+        print(
+            f"clipserve train: resuming {out_dir} from step {progress.step}/{total}",
+            file=sys.stderr,
+        )
+    step, elapsed, cpu_s = progress.step, progress.elapsed, progress.cpu_s
+    eval_metrics, last_loss = progress.eval_metrics, progress.last_loss
     resumed = saved is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint(last_loss: float | None) -> None:
-        save_checkpoint(
+        save_run_state(
             ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "scheduler": {"step": step, "warmup_steps": cfg.optim.warmup_steps},
-                "step": step,
-                "total_steps": total,
-                "epoch": step / spe,
-                "rng": rng_state(),
-                "model_name": cfg.model.name,
-                "pretrained": cfg.model.pretrained,
-                "config": cfg.to_dict(),
-                "finished": step >= total,
-                "elapsed": elapsed,
-                "cpu_s": cpu_s,
-                "last_loss": last_loss,
-                "eval": eval_metrics,
-            },
+            cfg=cfg,
+            model=model,
+            optimizer=opt,
+            scaler=scaler,
+            progress=Progress(step, elapsed, cpu_s, last_loss, eval_metrics),
+            total_steps=total,
+            steps_per_epoch=spe,
         )
 
     def log(row: dict[str, Any]) -> None:
@@ -424,7 +339,6 @@ def _train(
         total=total, initial=step, disable=not cfg.run.progress, desc="train", dynamic_ncols=True
     )
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
-    last_loss: float | None = saved.get("last_loss") if saved else None
     # Wall and CPU time of the training loop, summed over the sessions of a resumed run.
     base_elapsed, base_cpu = elapsed, cpu_s
     loop_t0, loop_c0 = time.perf_counter(), time.process_time()
@@ -434,29 +348,14 @@ def _train(
             if step >= end:
                 break
             lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            set_lr(opt, lr)
             images = images.to(device, non_blocking=True)
             tokens = tokens.to(device, non_blocking=True)
             with autocast:
                 model_out = model(image=images, text=tokens)
                 losses = loss_fn(**model_out, output_dict=True)
                 loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.optim.grad_clip_norm:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.optim.grad_clip_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-                opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+            optimizer_step(model, opt, loss, scaler, cfg.optim.grad_clip_norm)
             step += 1
             elapsed = base_elapsed + time.perf_counter() - loop_t0
             cpu_s = base_cpu + time.process_time() - loop_c0
