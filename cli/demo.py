@@ -15,43 +15,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from clipserve.cli.main import main as clipserve_main
 
 
-@dataclass(frozen=True)
 class DemoPaths:
-    root: Path
+    """Where each step of the demo writes, all under one work directory."""
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.train / "checkpoints" / "latest.pt"
-
-    @property
-    def eval_json(self) -> Path:
-        return self.root / "eval.json"
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index"
-
-    @property
-    def demo(self) -> Path:
-        return self.root / "demo"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.train = root / "train"
+        self.checkpoint = self.train / "checkpoints" / "latest.pt"
+        self.eval_json = root / "eval.json"
+        self.bundle = root / "bundle"
+        self.index = root / "index"
+        self.demo = root / "demo"
 
 
 def _step(title: str) -> None:
