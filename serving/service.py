@@ -259,8 +259,9 @@ class EmbeddingService:
         return vec / norm
 
     def _check_batch(self, inputs: Sequence[Content], what: str) -> None:
-        """Cheap checks on the event loop: counts, presence, sizes. Token counts and image
-        decoding need real work and are checked on the worker (`_embed_sync`)."""
+        """Cheap checks on the event loop: counts, presence, text length. Token counts and
+        images (size, pixels, decoding: `decode_image`) are checked on the worker
+        (`_embed_sync`), still before any inference."""
         cfg = self.config
         if not inputs:
             raise InvalidInput(f"request has no {what}; send 1 to {cfg.max_batch}")
@@ -276,13 +277,6 @@ class EmbeddingService:
                 if len(c.text) > cfg.max_text_chars:
                     raise InvalidInput(
                         f"{where}: text is {len(c.text)} characters; the limit is {cfg.max_text_chars}"
-                    )
-            elif c.image is not None:
-                if not c.image:
-                    raise InvalidInput(f"{where}: image is empty (0 bytes)")
-                if len(c.image) > cfg.max_image_bytes:
-                    raise InvalidInput(
-                        f"{where}: image is {len(c.image)} bytes; the limit is {cfg.max_image_bytes}"
                     )
 
     # -- worker-thread bodies -----------------------------------------------------------------
