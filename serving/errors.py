@@ -29,11 +29,32 @@ class BackendUnavailable(ServingError):
     """The inference backend or the index cannot serve right now."""
 
 
+class AlreadyExists(ServingError):
+    """Creating something (a collection) that exists already."""
+
+
+class FailedPrecondition(ServingError):
+    """The target is in a state that refuses the call: e.g. a collection made by another
+    model (the message names both model versions)."""
+
+
+class Unauthenticated(ServingError):
+    """The server requires an API key and the call carried none, or a wrong one."""
+
+
+class DeadlineExceeded(ServingError):
+    """The call's deadline passed (or it was cancelled) before its work ran."""
+
+
 STATUS_TABLE: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

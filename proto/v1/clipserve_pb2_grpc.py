@@ -54,6 +54,56 @@ class ClipServeStub:
                 request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.InfoRequest.SerializeToString,
                 response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.EmbedStream = channel.stream_stream(
+                '/clipserve.v1.ClipServe/EmbedStream',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.EmbedStreamRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.EmbedStreamResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/clipserve.v1.ClipServe/Delete',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/clipserve.v1.ClipServe/Get',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.GetRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.GetResponse.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/clipserve.v1.ClipServe/Count',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CountRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CountResponse.FromString,
+                _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/clipserve.v1.ClipServe/Scroll',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/clipserve.v1.ClipServe/ListCollections',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/clipserve.v1.ClipServe/CreateCollection',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CreateCollectionResponse.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/clipserve.v1.ClipServe/DropCollection',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/clipserve.v1.ClipServe/SetAlias',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
+        self.Dedup = channel.unary_unary(
+                '/clipserve.v1.ClipServe/Dedup',
+                request_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DedupRequest.SerializeToString,
+                response_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DedupResponse.FromString,
+                _registered_method=True)
 
 
 class ClipServeServicer:
@@ -89,6 +139,75 @@ class ClipServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedStream(self, request_iterator, context):
+        """Bulk embedding: one request message per item, one response per item (same `id`), in
+        completion order. A bad item gets a per-item error; the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Points by id; by filter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scroll(self, request, context):
+        """Pages through a collection in id order; pass next_page_token back until it is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Collection management. Every collection records the model that made it (provenance).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAlias(self, request, context):
+        """Points an alias at a collection, atomically (queries see the old or the new one, never a
+        mix). Request and query `collection` fields accept aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Dedup(self, request, context):
+        """Groups of near-duplicate points (similarity >= threshold), found with the index's own
+        neighbour search.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClipServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +230,56 @@ def add_ClipServeServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.InfoRequest.FromString,
                     response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.InfoResponse.SerializeToString,
+            ),
+            'EmbedStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EmbedStream,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.EmbedStreamRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.EmbedStreamResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DeleteRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.GetRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.GetResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CountRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ScrollRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ScrollResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CreateCollectionResponse.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DropCollectionRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.SetAliasRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'Dedup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Dedup,
+                    request_deserializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DedupRequest.FromString,
+                    response_serializer=clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DedupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +390,276 @@ class ClipServe:
             '/clipserve.v1.ClipServe/Info',
             clipserve_dot_proto_dot_v1_dot_clipserve__pb2.InfoRequest.SerializeToString,
             clipserve_dot_proto_dot_v1_dot_clipserve__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/clipserve.v1.ClipServe/EmbedStream',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.EmbedStreamRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.EmbedStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/Delete',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DeleteRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/Get',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.GetRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/Count',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CountRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/Scroll',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ScrollRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/ListCollections',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ListCollectionsRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/CreateCollection',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CreateCollectionRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.CreateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/DropCollection',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DropCollectionRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/SetAlias',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.SetAliasRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Dedup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipserve.v1.ClipServe/Dedup',
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DedupRequest.SerializeToString,
+            clipserve_dot_proto_dot_v1_dot_clipserve__pb2.DedupResponse.FromString,
             options,
             channel_credentials,
             insecure,
