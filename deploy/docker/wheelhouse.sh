@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Download every wheel an image needs into deploy/docker/wheelhouse/ (part of the build
+# context), so `docker build --build-arg PIP_NO_INDEX=1` needs no package index. Uses this
+# machine's pip configuration (index, proxy, CA); run it with Python 3.11 on linux x86_64,
+# the images' platform. Cached: wheels already there are not fetched again.
+#   deploy/docker/wheelhouse.sh [serve|serve-gpu|train]      (default serve)
+set -euo pipefail
+cd "$(dirname "$0")"
+WHICH=${1:-serve}
+PY=${PYTHON:-python3}
+mkdir -p wheelhouse
+# setuptools + wheel: pip builds clipserve itself in an isolated environment from these.
+"$PY" -m pip download --quiet --dest wheelhouse --only-binary=:all: \
+    --requirement "requirements-$WHICH.txt" "setuptools>=68" wheel
+echo "wheelhouse: $(find wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh wheelhouse | cut -f1)"
