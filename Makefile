@@ -6,7 +6,7 @@ WORK    ?= work
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint typecheck proto clean
+.PHONY: help install demo test lint typecheck proto clean node-deps deploy-test
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ install: $(STAMP)  ## create .venv and install clipserve with [train,dev]
 demo: $(STAMP)  ## synth data -> fine-tune -> eval -> ONNX bundle -> gRPC server -> Qdrant -> queries
 	$(BIN)/clipserve demo --workdir $(WORK) $(DEMO_ARGS)
 
-test: $(STAMP)  ## run the whole test suite (unit + integration)
+test: $(STAMP) node-deps  ## run the whole test suite (unit + integration)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint + format check, mypy on hand-written code
@@ -34,3 +34,25 @@ proto: $(STAMP)  ## regenerate the gRPC/protobuf stubs in proto/v1 from proto/v1
 
 clean:  ## remove the work directory (keeps .venv)
 	rm -rf $(WORK)
+
+# -- deploy (issue 8) ------------------------------------------------------------------------------
+NODE_EXAMPLE := docs/clients/node
+NODE_STAMP   := $(NODE_EXAMPLE)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing nodejs and npm with apt-get ..."; \
+			apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; \
+		fi; \
+	fi
+	@if command -v npm >/dev/null; then \
+		cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "node-deps: node/npm not available; the Node.js client test will be skipped"; \
+	fi
+
+node-deps: $(NODE_STAMP)  ## npm deps of the Node.js client example (node via apt if missing)
+
+deploy-test: $(STAMP)  ## build the CPU serving image on a local Debian base and smoke-test it (root, docker)
+	$(BIN)/python deploy/docker/smoke_test.py

@@ -117,6 +117,16 @@ async function main() {
   const hits = query.hits.map((h) => ({ id: h.id, score: h.score, payload: fromStruct(h.payload) }));
   for (const h of hits) console.log(`hit ${h.id} score ${h.score.toFixed(4)} payload ${JSON.stringify(h.payload)}`);
 
+  // The pitfall, shown: a plain object where a Struct is expected is stored as an EMPTY payload.
+  const wrong = await call(client, "Upsert", {
+    collection,
+    items: [{ content: { text: "a plain object payload" }, payload: { source: "plain-object" } }],
+  });
+  const found = await call(client, "Query", { collection, text: "a plain object payload", top_k: 3 });
+  const stored = found.hits.find((h) => h.id === wrong.ids[0]);
+  const plainObjectPayload = stored ? fromStruct(stored.payload) : null;
+  console.log(`plain object sent as payload -> stored payload ${JSON.stringify(plainObjectPayload)}`);
+
   client.close();
   console.log("RESULT " + JSON.stringify({
     model_version: info.model_version,
@@ -126,6 +136,7 @@ async function main() {
     max_image_bytes: info.limits.max_image_bytes,
     ids: upsert.ids,
     hits,
+    plain_object_payload: plainObjectPayload,
   }));
 }
 
