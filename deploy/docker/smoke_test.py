@@ -125,7 +125,8 @@ def wait_healthy(port: int, timeout_s: float = 180.0) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     serving = False
     while time.monotonic() < deadline:
         if not serving:
@@ -136,7 +137,10 @@ def wait_healthy(port: int, timeout_s: float = 180.0) -> None:
                     )
                     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
                     if serving:
-                        print("   grpc.health.v1 clipserve.v1.ClipServe: SERVING")
+                        elapsed = time.monotonic() - start
+                        print(
+                            f"   grpc.health.v1 clipserve.v1.ClipServe: SERVING after {elapsed:.1f} s"
+                        )
                 except grpc.RpcError:
                     pass
         status = docker_health()

@@ -9,7 +9,14 @@ cd "$(dirname "$0")"
 WHICH=${1:-serve}
 PY=${PYTHON:-python3}
 mkdir -p wheelhouse
+stamp="wheelhouse/.done-$WHICH"
+digest=$(sha256sum "requirements-$WHICH.txt" | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
+    echo "wheelhouse: up to date for requirements-$WHICH.txt"
+    exit 0
+fi
 # setuptools + wheel: pip builds clipserve itself in an isolated environment from these.
 "$PY" -m pip download --quiet --dest wheelhouse --only-binary=:all: \
     --requirement "requirements-$WHICH.txt" "setuptools>=68" wheel
+echo "$digest" >"$stamp"
 echo "wheelhouse: $(find wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh wheelhouse | cut -f1)"
