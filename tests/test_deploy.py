@@ -598,6 +598,52 @@ def test_manifest_flags_and_env_vars_exist_in_the_cli() -> None:
     assert not missing, "manifests set what the CLI does not know:\n" + "\n".join(missing)
 
 
+def _image_env(dockerfile: Path) -> dict[str, str]:
+    """The ENV of a Dockerfile's final stage (KEY=VALUE forms)."""
+    text = dockerfile.read_text()
+    final = text[text.rindex("\nFROM ") :].replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in final.splitlines():
+        if line.startswith("ENV "):
+            env.update(tok.split("=", 1) for tok in line[4:].split() if "=" in tok)
+    return env
+
+
+def _server_config(env: dict[str, str], args: list[str]) -> Any:
+    """What `clipserve serve` would build from this environment and these flags, without
+    starting: the real parser (pending flags left out) and ServerConfig.from_env."""
+    from clipserve.serving.config import ServerConfig
+    from clipserve.serving.server import _parser
+
+    known = [a for a in args if ("serve", a.split("=", 1)[0]) not in PENDING_FLAGS]
+    parsed = _parser().parse_args(known)
+    names = {f.name for f in fields(ServerConfig)}
+    overrides = {k: v for k, v in vars(parsed).items() if k in names}
+    return ServerConfig.from_env(env=env, **overrides)
+
+
+def test_manifests_give_a_valid_server_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The image's ENV + what compose / Kubernetes add = a configuration the server accepts
+    (e.g. the image's embedded-index default must be switched off next to --qdrant-url)."""
+    services = _compose()["services"]
+    cpu_env = _image_env(DOCKER / "serve-cpu.Dockerfile")
+    assert _image_env(DOCKER / "serve-cuda.Dockerfile") == cpu_env
+    assert _server_config(cpu_env, []).index_path == Path("/index")  # `docker run` alone works
+    for name in ("clipserve", "clipserve-triton"):
+        env = cpu_env | {k: str(v) for k, v in services[name]["environment"].items()}
+        config = _server_config(env, services[name]["command"])
+        assert config.qdrant_url == "http://qdrant:6333" and config.index_path is None, name
+        assert config.bundle == Path("/models/bundle") and config.host == "0.0.0.0", name
+    for kname in ("overlays/cpu", "overlays/gpu", "overlays/triton"):
+        objects = rendered[kname]
+        env = cpu_env | _one(objects, "ConfigMap", "clipserve-config")["data"]
+        container = _pod_spec(_one(objects, "Deployment", "clipserve"))["containers"][0]  # type: ignore[index]
+        env |= {e["name"]: e.get("value", "secret") for e in container["env"]}
+        config = _server_config(env, container.get("args", []))
+        assert config.qdrant_url and config.index_path is None, kname
+        assert str(config.bundle).startswith("/models/") and config.port == 50051, kname
+
+
 def test_pending_flags_are_still_pending() -> None:
     """Once another helper's flag lands, its PENDING_FLAGS entry must go (so the check above
     covers it for real)."""

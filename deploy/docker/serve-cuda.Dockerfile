@@ -10,8 +10,9 @@ ARG BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE_IMAGE} AS build
 ARG PIP_NO_INDEX=
+ARG DEBIAN_FRONTEND=noninteractive
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_FIND_LINKS=/wheelhouse \
-    PIP_NO_INDEX=${PIP_NO_INDEX} DEBIAN_FRONTEND=noninteractive
+    PIP_NO_INDEX=${PIP_NO_INDEX}
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -31,7 +32,7 @@ RUN /opt/clipserve/bin/pip install --no-deps /src \
     && /opt/clipserve/bin/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"
 
 FROM ${BASE_IMAGE}
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
