@@ -716,7 +716,7 @@ def test_dockerfile_lint_and_shape(dockerfile: Path) -> None:
     assert requirements and all((DOCKER / r).is_file() for r in requirements)
     assert "--no-deps /src" in text, "clipserve itself must not re-resolve the pinned deps"
     if dockerfile.name.startswith("serve-"):
-        assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"clipserve-healthcheck\"", final, re.M)
+        assert re.search(r'^HEALTHCHECK .*\n\s+CMD \["clipserve-healthcheck"\]', final, re.M)
         assert "COPY deploy/docker/healthcheck.py /opt/clipserve/bin/clipserve-healthcheck" in final
         assert 'ENTRYPOINT ["clipserve", "serve"]' in final
         assert "STOPSIGNAL SIGTERM" in final
@@ -869,6 +869,11 @@ def test_container_healthcheck_script(live_server: str) -> None:
     port = live_server.rsplit(":", 1)[1]
     ok = subprocess.run([sys.executable, script, "--port", port], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stdout + ok.stderr
+    from_env = subprocess.run(  # the container case: the port from the server's own setting
+        [sys.executable, script], capture_output=True, text=True,
+        env=dict(os.environ, CLIPSERVE_PORT=port),
+    )  # fmt: skip
+    assert from_env.returncode == 0 and from_env.stdout.strip() == "SERVING", from_env.stderr
     model = subprocess.run(
         [sys.executable, script, "--port", port, "--service", "clipserve.v1.ClipServe"],
         capture_output=True, text=True,
@@ -888,3 +893,18 @@ def test_container_healthcheck_script(live_server: str) -> None:
         [sys.executable, script, "--port", closed, "--timeout", "1"], capture_output=True, text=True
     )
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+
+
+def test_deploy_docs_links_resolve() -> None:
+    """Every relative link in the deploy and client docs points at a file that exists."""
+    pages = [ROOT / "README.md", DEPLOY / "README.md"] + [
+        ROOT / "docs" / n
+        for n in ("deploy.md", "architecture.md", "operations.md", "rollout.md",
+                  "training-distributed.md", "clients.md")
+    ]  # fmt: skip
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken

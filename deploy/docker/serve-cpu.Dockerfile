@@ -43,7 +43,7 @@ WORKDIR /var/lib/clipserve
 EXPOSE 50051 9090
 VOLUME ["/index"]
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["clipserve-healthcheck", "--port", "50051"]
+    CMD ["clipserve-healthcheck"]
 # SIGTERM drains in-flight calls (CLIPSERVE_GRACE_S) and exits 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["clipserve", "serve"]

@@ -53,6 +53,6 @@ WORKDIR /var/lib/clipserve
 EXPOSE 50051 9090
 VOLUME ["/index"]
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["clipserve-healthcheck", "--port", "50051"]
+    CMD ["clipserve-healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["clipserve", "serve"]
