@@ -160,9 +160,20 @@ def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+JOB_FILES = sorted((K8S / "jobs").glob("*-job.yaml"))  # created one by one, not by apply -k
+
+
+def render_all(name: str) -> list[dict[str, Any]]:
+    """A kustomization's objects; for jobs/, plus the Job files beside it."""
+    objects = render(K8S / name)
+    if name == "jobs":
+        objects += [o for path in JOB_FILES for o in _load_all(path)]
+    return objects
+
+
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {k: render(K8S / k) for k in KUSTOMIZATIONS + ["base"]}
+    return {k: render_all(k) for k in KUSTOMIZATIONS + ["base"]}
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
@@ -195,8 +206,8 @@ def test_schema_validation_catches_a_wrong_field(rendered: dict[str, list[dict[s
 
 def test_every_k8s_file_is_used() -> None:
     """No dead manifests: every YAML under deploy/k8s is a kustomization, a resource or patch of
-    one, or the Qdrant Helm values."""
-    used = {(K8S / "qdrant" / "values.yaml").resolve()}
+    one, a Job file, or the Qdrant Helm values."""
+    used = {(K8S / "qdrant" / "values.yaml").resolve()} | {p.resolve() for p in JOB_FILES}
     for kfile in K8S.rglob("kustomization.yaml"):
         used.add(kfile.resolve())
         k = yaml.safe_load(kfile.read_text())
@@ -457,9 +468,7 @@ def _triton_setups() -> list[tuple[str, str, str, set[str]]]:
         _flag_value(args, "--model-repository"),
         {a.split("=", 1)[1] for a in args if a.startswith("--load-model=")},
     ))  # fmt: skip
-    export = _pod_spec(_one(render(K8S / "jobs"), "Job", "clipserve-export"))["containers"][0][
-        "args"
-    ]  # type: ignore[index]
+    export = _pod_spec(_one(render_all("jobs"), "Job", "clipserve-export"))["containers"][0]["args"]  # type: ignore[index]
     out.append(
         (
             "k8s export job",
@@ -540,7 +549,7 @@ def _manifest_usage() -> dict[str, set[tuple[str, str]]]:
             for var in s.get("environment", {}):
                 usage.setdefault("serve", set()).add((var, f"compose {name}"))
     for kname in KUSTOMIZATIONS:
-        for o in render(K8S / kname):
+        for o in render_all(kname):
             if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "clipserve-config":
                 for var in o["data"]:
                     usage.setdefault("serve", set()).add((var, f"k8s {kname} ConfigMap"))
@@ -663,7 +672,7 @@ def test_job_configs_are_the_repository_configs() -> None:
     """Jobs use the same config files as local runs (baked into the training image from configs/)
     and override only keys those files have."""
     seen = 0
-    for o in render(K8S / "jobs"):
+    for o in render_all("jobs"):
         spec = _pod_spec(o)
         if spec is None:
             continue
