@@ -27,15 +27,13 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from clipserve.training.checkpointing import (
@@ -48,6 +46,7 @@ from clipserve.training.checkpointing import (
 from clipserve.training.config import TrainConfig, load_config
 from clipserve.training.data import ImageTextDataset, materialize, read_manifest
 from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
+from clipserve.training.losses import LossBatch, build_loss
 from clipserve.training.model import CHECKPOINT_FORMAT, LoadedModel, ModelSpec, create_model
 from clipserve.training.optim import (
     build_optimizer,
@@ -59,31 +58,13 @@ from clipserve.training.optim import (
 from clipserve.training.plots import plot_training_curve
 
 __all__ = [
-    "LOSSES",
     "TrainResult",
-    "build_loss",
     "load_model",
     "lr_at",
     "main",
     "param_groups",
-    "register_loss",
     "train",
 ]
-
-# name -> factory for a loss module called as ``loss(**model_out, output_dict=True)`` that
-# returns a dict of loss terms; the loop sums the values. Diagnostics belong in attributes.
-LOSSES: dict[str, Callable[[], nn.Module]] = {"clip": lambda: open_clip.ClipLoss()}
-
-
-def register_loss(name: str, factory: Callable[[], nn.Module]) -> None:
-    """Make a loss selectable as ``loss.name = "<name>"`` (e.g. a FilteredClipLoss)."""
-    LOSSES[name] = factory
-
-
-def build_loss(name: str) -> nn.Module:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss.name {name!r}; registered: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]()
 
 
 @dataclass(frozen=True)
@@ -295,7 +276,7 @@ def _train(
         vlab = [str(r.labels) for r in vrec] if all(r.labels for r in vrec) else None
         val = (vimg, vtok, vlab)
 
-    loss_fn = build_loss(cfg.loss.name)
+    loss_fn = build_loss(cfg.loss)
     opt = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(device, cfg.run.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -353,7 +334,7 @@ def _train(
             tokens = tokens.to(device, non_blocking=True)
             with autocast:
                 model_out = model(image=images, text=tokens)
-                losses = loss_fn(**model_out, output_dict=True)
+                losses = loss_fn(**model_out, batch=LossBatch(step=step), output_dict=True)
                 loss = sum(losses.values())
             optimizer_step(model, opt, loss, scaler, cfg.optim.grad_clip_norm)
             step += 1
