@@ -45,7 +45,9 @@ def dhash(image: Image.Image | np.ndarray, size: int = 8) -> int:
         raise ValueError("dhash keys are 64-bit: size must be 8.")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    grey = np.asarray(image.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), np.int16)
+    grey = np.asarray(
+        image.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), np.int16
+    )
     bits = (grey[:, :-1] > grey[:, 1:]).flatten()
     value = 0
     for bit in bits:
