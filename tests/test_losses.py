@@ -226,11 +226,12 @@ def test_hard_negative_forms_match_their_direct_formulas(beta_hcl) -> None:
     li, lt = s * x @ y.T, s * y @ x.T
     hn = build_loss(LossConfig(hardness="hn-nce", hard_beta=beta_hcl, hard_alpha=0.7))
     want = 0.5 * (naive_hn_nce(li, beta_clip, 0.7) + naive_hn_nce(lt, beta_clip, 0.7))
-    assert float(hn(x, y, torch.tensor(s))) == pytest.approx(want, rel=1e-10)
+    s64 = torch.tensor(s, dtype=torch.float64)
+    assert float(hn(x, y, s64)) == pytest.approx(want, rel=1e-10)
     for tau in (0.0, 0.1):
         hcl = build_loss(LossConfig(hardness="hcl", hard_beta=beta_hcl, tau_plus=tau))
         want = 0.5 * (naive_hcl(li, beta_clip, tau, s) + naive_hcl(lt, beta_clip, tau, s))
-        assert float(hcl(x, y, torch.tensor(s))) == pytest.approx(want, rel=1e-10)
+        assert float(hcl(x, y, s64)) == pytest.approx(want, rel=1e-10)
 
 
 def test_hcl_floor_binds_without_nan() -> None:
