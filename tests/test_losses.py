@@ -313,3 +313,25 @@ def test_missing_side_input_is_a_clear_error() -> None:
             build_loss(LossConfig(estimator=est))(x, y, torch.tensor(10.0))
     with pytest.raises(ValueError, match="needs 4 rows"):
         build_loss()(x, y, torch.tensor(10.0), batch=LossBatch(labels=torch.arange(3)))
+
+
+def test_loss_section_of_a_training_config(tmp_path) -> None:
+    from clipserve.training.config import load_config
+
+    cfg = load_config(
+        None,
+        [
+            f"data.train={tmp_path / 't.jsonl'}",
+            "loss.estimator=margin",
+            "loss.margin=0.05",
+            "loss.local_loss=true",
+            "loss.hardness=hcl",
+            "loss.tau_plus=0.05",
+        ],
+    )
+    assert cfg.loss == LossConfig(
+        estimator="margin", margin=0.05, local_loss=True, hardness="hcl", tau_plus=0.05
+    )
+    assert load_config(None, [f"data.train={tmp_path / 't.jsonl'}"]).loss.is_plain
+    with pytest.raises(ValueError, match="unknown loss.policy 'keep'"):
+        load_config(None, [f"data.train={tmp_path / 't.jsonl'}", "loss.policy=keep"])

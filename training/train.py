@@ -379,6 +379,8 @@ def _train(
                     "elapsed": round(elapsed, 3),
                     # CPU seconds of this process: a load-independent cost on shared machines.
                     "cpu_s": round(cpu_s, 3),
+                    # FN-filter diagnostics of the last step (mask rate, FN precision/recall)
+                    **{k: round(v, 6) for k, v in loss_fn.last_stats.items()},
                 }
                 log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
