@@ -48,6 +48,7 @@ from clipserve.training.data import ImageTextDataset, materialize, read_manifest
 from clipserve.training.distributed import (
     DistContext,
     init_distributed,
+    launched_rank,
     mean_over_ranks,
     shard,
     shutdown,
@@ -442,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
+    if launched_rank() != 0:  # under torchrun, rank 0 reports
+        return 0
     if not result.already_finished:
         print(
             f"trained {cfg.model.name}: {result.step} steps ({result.epoch:.2f} epochs) in "
