@@ -245,20 +245,25 @@ def test_hcl_floor_binds_without_nan() -> None:
     assert hn_nce_rows(logits, pos, neg_log_w, 1.0).isfinite().all()
 
 
-def test_em_bce_term_reduces_to_emcrl_objective() -> None:
-    """EMCRL with T = clip(I + Q, 0, 1): -sum T log P - sum (1 - T) log(1 - P) (no flips;
-    targets row-normalised in the CE term, as the `positive` policy does)."""
+@pytest.mark.parametrize("normalize", [True, False])
+def test_em_bce_term_reduces_to_emcrl_objective(normalize) -> None:
+    """EMCRL with T = clip(I + Q, 0, 1): -sum T log P - sum (1 - T) log(1 - P) (no flips);
+    normalize_targets = False is the released code's raw T, True row-normalises the CE term."""
     x, y = feats(8)
     s = 10.0
-    loss_fn = build_loss(
-        LossConfig(estimator="em", policy="positive", neg_bce_weight=1.0, em_flip_prob=0)
+    cfg = LossConfig(
+        estimator="em",
+        policy="positive",
+        neg_bce_weight=1.0,
+        em_flip_prob=0,
+        normalize_targets=normalize,
     )
-    got = float(loss_fn(x, y, torch.tensor(s), batch=LossBatch(step=0)))
+    got = float(build_loss(cfg)(x, y, torch.tensor(s, dtype=x.dtype), batch=LossBatch(step=0)))
     want = 0.0
     for cos in (x @ y.T, y @ x.T):
         t = (torch.eye(8, dtype=cos.dtype) + torch.softmax(1.2 * cos, 1)).clamp(0, 1)
         logp = torch.log_softmax(s * cos, 1)
-        ce = -(t / t.sum(1, keepdim=True) * logp).sum(1)
+        ce = -((t / t.sum(1, keepdim=True) if normalize else t) * logp).sum(1)
         bce = -((1 - t) * torch.log1p(-logp.exp())).sum(1)
         want += 0.5 * float((ce + bce).mean())
     assert got == pytest.approx(want, rel=1e-9)

@@ -194,7 +194,9 @@ class ContrastiveLoss(nn.Module):
     ) -> torch.Tensor:
         cfg = self.config
         log_w = torch.zeros_like(logits) if plan is None else plan.log_weight()
-        targets = None if plan is None or cfg.policy != "positive" else plan.soft_targets()
+        targets = None
+        if plan is not None and cfg.policy == "positive":
+            targets = plan.soft_targets() if cfg.normalize_targets else plan.target
         if cfg.hardness == "none":
             rows = weighted_ce_rows(logits, pos, None if plan is None else log_w, targets)
         else:
