@@ -24,6 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 needs the backport: pip install tomli
     import tomli as tomllib
 
+from clipserve.training.losses.config import LossConfig  # the [loss] section
+
 PATH_FIELDS = {("data", "train"), ("data", "val"), ("run", "output_dir")}
 
 
@@ -93,16 +95,6 @@ class OptimConfig:
             raise ValueError(f"optim.max_steps must be 0 or more, got {self.max_steps}.")
         if self.grad_clip_norm < 0:
             raise ValueError(f"optim.grad_clip_norm must be 0 or more, got {self.grad_clip_norm}.")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    # Key of clipserve.training.train.LOSSES.
-    name: str = "clip"
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("loss.name must name a registered loss, e.g. 'clip'.")
 
 
 @dataclass(frozen=True)

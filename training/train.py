@@ -27,15 +27,13 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from clipserve.training.checkpointing import (
@@ -47,7 +45,17 @@ from clipserve.training.checkpointing import (
 )
 from clipserve.training.config import TrainConfig, load_config
 from clipserve.training.data import ImageTextDataset, materialize, read_manifest
+from clipserve.training.distributed import (
+    DistContext,
+    init_distributed,
+    launched_rank,
+    mean_over_ranks,
+    shard,
+    shutdown,
+    wrap_model,
+)
 from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
+from clipserve.training.losses import LossBatch, build_loss
 from clipserve.training.model import CHECKPOINT_FORMAT, LoadedModel, ModelSpec, create_model
 from clipserve.training.optim import (
     build_optimizer,
@@ -59,31 +67,13 @@ from clipserve.training.optim import (
 from clipserve.training.plots import plot_training_curve
 
 __all__ = [
-    "LOSSES",
     "TrainResult",
-    "build_loss",
     "load_model",
     "lr_at",
     "main",
     "param_groups",
-    "register_loss",
     "train",
 ]
-
-# name -> factory for a loss module called as ``loss(**model_out, output_dict=True)`` that
-# returns a dict of loss terms; the loop sums the values. Diagnostics belong in attributes.
-LOSSES: dict[str, Callable[[], nn.Module]] = {"clip": lambda: open_clip.ClipLoss()}
-
-
-def register_loss(name: str, factory: Callable[[], nn.Module]) -> None:
-    """Make a loss selectable as ``loss.name = "<name>"`` (e.g. a FilteredClipLoss)."""
-    LOSSES[name] = factory
-
-
-def build_loss(name: str) -> nn.Module:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss.name {name!r}; registered: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]()
 
 
 @dataclass(frozen=True)
@@ -219,11 +209,13 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     metrics_path = out_dir / "metrics.jsonl"
     curve_path = out_dir / "training_curve.png"
     device = resolve_device(cfg.run.device)
+    ddp, device = init_distributed(device)  # torchrun: one process per rank
     if device.type == "cpu":
-        torch.set_num_threads(cfg.run.threads or available_cores())
+        torch.set_num_threads(cfg.run.threads or max(1, available_cores() // ddp.world_size))
 
     saved = read_run_state(ckpt_path, cfg)
     if saved is not None and saved.get("finished"):
+        shutdown(ddp)
         print(
             f"clipserve train: run in {out_dir} already finished at step {saved['step']}; "
             "nothing to do (delete the checkpoint to train again).",
@@ -250,8 +242,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # the run deterministic.
     torch.set_flush_denormal(True)
     try:
-        return _train(cfg, device, saved, ckpt_path, metrics_path, curve_path, stop_after)
+        return _train(cfg, device, saved, ckpt_path, metrics_path, curve_path, stop_after, ddp)
     finally:
+        shutdown(ddp)
         torch.use_deterministic_algorithms(prev_det)
         torch.set_flush_denormal(False)
 
@@ -264,6 +257,7 @@ def _train(
     metrics_path: Path,
     curve_path: Path,
     stop_after: int | None,
+    ddp: DistContext,
 ) -> TrainResult:
     out_dir = ckpt_path.parent.parent
     seed_everything(cfg.run.seed)
@@ -295,7 +289,8 @@ def _train(
         vlab = [str(r.labels) for r in vrec] if all(r.labels for r in vrec) else None
         val = (vimg, vtok, vlab)
 
-    loss_fn = build_loss(cfg.loss.name)
+    loss_fn = build_loss(cfg.loss, rank=ddp.rank, world_size=ddp.world_size)
+    forward = wrap_model(model, ddp, device)  # DDP when distributed; `model` stays the module
     opt = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(device, cfg.run.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -303,7 +298,8 @@ def _train(
     progress = Progress()
     if saved is not None:
         progress = restore_run_state(saved, model, opt, scaler)
-        truncate_metrics(metrics_path, progress.step)
+        if ddp.is_main:
+            truncate_metrics(metrics_path, progress.step)
         print(
             f"clipserve train: resuming {out_dir} from step {progress.step}/{total}",
             file=sys.stderr,
@@ -311,10 +307,13 @@ def _train(
     step, elapsed, cpu_s = progress.step, progress.elapsed, progress.cpu_s
     eval_metrics, last_loss = progress.eval_metrics, progress.last_loss
     resumed = saved is not None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if ddp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint(last_loss: float | None) -> None:
+        if not ddp.is_main:
+            return
         save_run_state(
             ckpt_path,
             cfg=cfg,
@@ -327,6 +326,8 @@ def _train(
         )
 
     def log(row: dict[str, Any]) -> None:
+        if not ddp.is_main:
+            return
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -336,7 +337,11 @@ def _train(
         else contextlib.nullcontext()
     )
     bar = tqdm(
-        total=total, initial=step, disable=not cfg.run.progress, desc="train", dynamic_ncols=True
+        total=total,
+        initial=step,
+        disable=not (cfg.run.progress and ddp.is_main),
+        desc="train",
+        dynamic_ncols=True,
     )
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
     # Wall and CPU time of the training loop, summed over the sessions of a resumed run.
@@ -349,22 +354,22 @@ def _train(
                 break
             lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
             set_lr(opt, lr)
-            images = images.to(device, non_blocking=True)
-            tokens = tokens.to(device, non_blocking=True)
+            images = shard(images, ddp).to(device, non_blocking=True)
+            tokens = shard(tokens, ddp).to(device, non_blocking=True)
             with autocast:
-                model_out = model(image=images, text=tokens)
-                losses = loss_fn(**model_out, output_dict=True)
+                model_out = forward(image=images, text=tokens)
+                losses = loss_fn(**model_out, batch=LossBatch(step=step), output_dict=True)
                 loss = sum(losses.values())
             optimizer_step(model, opt, loss, scaler, cfg.optim.grad_clip_norm)
             step += 1
             elapsed = base_elapsed + time.perf_counter() - loop_t0
             cpu_s = base_cpu + time.process_time() - loop_c0
-            last_loss = float(loss.detach())
+            last_loss = mean_over_ranks(float(loss.detach()), ddp, device)
             window_loss, window_n = window_loss + last_loss, window_n + 1
             bar.update(1)
             if cfg.run.log_every and (step % cfg.run.log_every == 0 or step == total):
                 now = time.perf_counter()
-                sps = window_n * images.shape[0] / max(now - window_t0, 1e-9)
+                sps = window_n * cfg.data.batch_size / max(now - window_t0, 1e-9)
                 row = {
                     "step": step,
                     "epoch": round(step / spe, 4),
@@ -375,27 +380,39 @@ def _train(
                     "elapsed": round(elapsed, 3),
                     # CPU seconds of this process: a load-independent cost on shared machines.
                     "cpu_s": round(cpu_s, 3),
+                    # FN-filter diagnostics of the last step (mask rate, FN precision/recall)
+                    **{k: round(v, 6) for k, v in loss_fn.last_stats.items()},
                 }
                 log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
                 window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
-            if val is not None and cfg.run.eval_every and step % cfg.run.eval_every == 0:
+            if (
+                ddp.is_main
+                and val is not None
+                and cfg.run.eval_every
+                and step % cfg.run.eval_every == 0
+            ):
                 eval_metrics = _evaluate(model, val, device)
                 log({"step": step, "split": "val", **eval_metrics})
             if cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0 and step < end:
                 checkpoint(last_loss)
     bar.close()
     if (
-        step >= total
+        ddp.is_main
+        and step >= total
         and val is not None
         and not (cfg.run.eval_every and step % cfg.run.eval_every == 0)
     ):
         eval_metrics = _evaluate(model, val, device)
         log({"step": step, "split": "val", **eval_metrics})
     checkpoint(last_loss)
-    if eval_metrics is not None and step >= total:
+    if ddp.is_main and eval_metrics is not None and step >= total:
         (out_dir / "eval.json").write_text(json.dumps(eval_metrics, indent=2) + "\n")
-    curve = plot_training_curve(metrics_path, curve_path) if metrics_path.exists() else None
+    curve = (
+        plot_training_curve(metrics_path, curve_path)
+        if ddp.is_main and metrics_path.exists()
+        else None
+    )
     return TrainResult(
         out_dir,
         ckpt_path,
@@ -426,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
+    if launched_rank() != 0:  # under torchrun, rank 0 reports
+        return 0
     if not result.already_finished:
         print(
             f"trained {cfg.model.name}: {result.step} steps ({result.epoch:.2f} epochs) in "
