@@ -400,7 +400,13 @@ class RemoteIndex:
             raise ValueError(f"payload index type must be one of {sorted(_SCHEMA)}, got {kind!r}")
         check_collection_name(name)
         with self._local_lock, self._not_found_as(name):
-            self._client.create_payload_index(name, key, field_schema=_SCHEMA[kind], wait=True)
+            self._payload_index(name, key, kind)
+
+    def _payload_index(self, name: str, key: str, kind: str) -> None:
+        if self._is_local:
+            self._client.get_collection(name)  # no effect in local mode; still check it exists
+            return
+        self._client.create_payload_index(name, key, field_schema=_SCHEMA[kind], wait=True)
 
     def __enter__(self) -> RemoteIndex:
         return self
@@ -439,7 +445,7 @@ class RemoteIndex:
             },
         )
         for key, kind in settings.payload_schema:
-            self._client.create_payload_index(name, key, field_schema=_SCHEMA[kind], wait=True)
+            self._payload_index(name, key, kind)
         self._meta[name] = (dim, settings)
 
     def _vectors(self, name: str, vectors: Sequence[Any]) -> list[np.ndarray]:
