@@ -269,11 +269,19 @@ def check_scroll_args(limit: int, page_token: str | None) -> str | None:
 
 
 def delete_filter(ids: Sequence[str] | None, filter: Filter | None) -> Filter:
-    """The one filter a delete by ids and/or filter runs: ids AND filter."""
-    if ids is None and filter is None:
-        raise ValueError("delete needs ids, a filter, or both")
+    """The one filter a delete by ids and/or filter runs: ids AND filter.
+
+    An empty filter without ids is refused rather than deleting every point: a client that
+    forgot to set its filter must not wipe the collection (drop it instead).
+    """
     if isinstance(ids, str):
         raise ValueError("ids must be a list of ids, not one string")
+    if filter is not None and filter.is_empty():
+        filter = None
+    if ids is None and filter is None:
+        raise ValueError(
+            "delete needs ids or a non-empty filter (to delete everything, drop the collection)"
+        )
     conditions: list[Filter | HasId] = []
     if ids is not None:
         conditions.append(HasId(tuple(ids)))

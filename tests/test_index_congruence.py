@@ -332,6 +332,7 @@ def scenario_errors(idx: VectorIndex) -> Any:
         "retrieve_missing": lambda: idx.retrieve("missing", []),
         "drop_missing": lambda: idx.drop_collection("missing"),
         "delete_nothing": lambda: idx.delete(COLL),
+        "delete_empty_filter": lambda: idx.delete(COLL, filter=Filter()),
         "bad_dim": lambda: idx.search(COLL, np.ones(DIM + 1, np.float32), 3),
         "bad_top_k": lambda: idx.search(COLL, QUERIES[0], 0),
         "bad_offset": lambda: idx.search(COLL, QUERIES[0], 3, offset=-1),
@@ -453,7 +454,14 @@ def test_reference_errors(index: VectorIndex) -> None:
     for name in ("search", "count", "scroll", "delete", "retrieve", "drop"):
         assert got[f"{name}_missing"] == "CollectionNotFound", name
     assert got["bad_dim"] == "DimensionMismatch"
-    for name in ("delete_nothing", "bad_top_k", "bad_offset", "bad_threshold", "bad_id"):
+    for name in (
+        "delete_nothing",
+        "delete_empty_filter",
+        "bad_top_k",
+        "bad_offset",
+        "bad_threshold",
+        "bad_id",
+    ):
         assert got[name] == "ValueError", name
     assert got["bad_name"] == "ValueError"
 
