@@ -48,7 +48,6 @@ from clipserve.index.base import (
     Filter,
     Hit,
     Point,
-    PointNotFound,
     Provenance,
     as_vector,
     check_collection_name,
@@ -57,7 +56,7 @@ from clipserve.index.base import (
     check_scroll_args,
     check_search_args,
     delete_filter,
-    neighbour_filter,
+    neighbours,
     ordered_points,
     to_hit,
     to_point,
@@ -330,18 +329,7 @@ class EdgeIndex:
         score_threshold: float | None = None,
         exact: bool = False,
     ) -> list[Hit]:
-        collection = self.resolve(name)
-        found = self.retrieve(collection, [point_id])
-        if not found:
-            raise PointNotFound(f"point {point_id!r} is not in collection {collection!r}")
-        return self.search(
-            collection,
-            found[0].vector,
-            top_k,
-            neighbour_filter(found[0].id, filter),
-            score_threshold=score_threshold,
-            exact=exact,
-        )
+        return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
 
     def close(self) -> None:
         """Wait for running HNSW builds, then flush and close every open shard. Idempotent;
