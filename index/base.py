@@ -236,6 +236,26 @@ def as_vector(vector: np.ndarray | Sequence[float], dim: int) -> np.ndarray:
     return arr
 
 
+def as_matrix(vectors: Sequence[np.ndarray | Sequence[float]], dim: int) -> np.ndarray:
+    """`vectors` as one contiguous float32 [n, dim] array, checked as `as_vector` checks one
+    (one numpy pass for the whole batch instead of one per point)."""
+    if len(vectors) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except ValueError:  # ragged: name the first bad one
+        for v in vectors:
+            as_vector(v, dim)
+        raise
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        for v in vectors:
+            as_vector(v, dim)  # raises DimensionMismatch for the first bad one
+        raise DimensionMismatch(f"expected vectors of shape [{dim}], got {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vector contains NaN or infinity")
+    return arr
+
+
 def check_dim(dim: object) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
