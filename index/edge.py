@@ -183,7 +183,11 @@ class EdgeIndex:
     def list_collections(self) -> list[CollectionInfo]:
         with self._lock:
             self._check_open()
-            names = sorted(p.name for p in self._root.iterdir() if is_collection(p))
+            names = sorted(
+                p.name
+                for p in self._root.iterdir()
+                if not p.name.startswith(".") and is_collection(p)
+            )
         return [self._info(self._get(n)) for n in names]
 
     def collection_info(self, name: str) -> CollectionInfo:
