@@ -193,6 +193,10 @@ class VectorIndex(Protocol):
         """Nearest neighbours of a stored point, the point itself left out; PointNotFound if
         it is not stored."""
 
+    def flush(self, name: str) -> None:
+        """Make every write acknowledged so far survive power loss, not only a process crash
+        (an index opened with fsync off relies on this, e.g. before recording ingest progress)."""
+
     def close(self) -> None: ...
 
 

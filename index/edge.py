@@ -87,7 +87,9 @@ class EdgeIndex:
         path: root directory (created if missing).
         exact: force exact (brute-force) search even where an HNSW graph exists.
         batch_size: points per engine update (one WAL record each).
-        fsync: flush WAL and segments before a write returns (see module docstring).
+        fsync: flush WAL and segments before a write returns (see module docstring). With
+            False a write survives a crash of this process (the WAL is written) but not of the
+            machine until `flush(name)`; bulk ingest flushes once per checkpoint this way.
         background_build: build HNSW graphs on a background thread past each collection's
             `hnsw_build_threshold`; False leaves it to `optimize()`.
     """
@@ -335,6 +337,10 @@ class EdgeIndex:
         exact: bool = False,
     ) -> list[Hit]:
         return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
+
+    def flush(self, name: str) -> None:
+        with self._get(name).using() as shard:
+            shard.flush()
 
     def close(self) -> None:
         """Wait for running HNSW builds, then flush and close every open shard. Idempotent;

@@ -357,6 +357,11 @@ class RemoteIndex:
     ) -> list[Hit]:
         return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
 
+    def flush(self, name: str) -> None:
+        """Writes are sent with wait=True: the server has applied them (its WAL is its own
+        durability). Only checks that the collection exists."""
+        self.count(name)
+
     def close(self) -> None:
         """Close the client if this object built it. Idempotent."""
         if self._owns_client:
