@@ -410,7 +410,9 @@ class RemoteIndex:
             return None  # local mode is always exact and warns on every call with params
         _, settings = self._cached_meta(name)
         quant = (
-            models.QuantizationSearchParams(rescore=True) if settings.int8_quantization else None
+            models.QuantizationSearchParams(rescore=True, oversampling=2.0)
+            if settings.int8_quantization
+            else None
         )
         return models.SearchParams(
             hnsw_ef=settings.hnsw_ef_search, exact=exact or self._exact, quantization=quant
