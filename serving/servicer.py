@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from clipserve.index.base import FieldMatch, Filter, Hit
+from clipserve.index.base import BadFilter, FieldMatch, Filter, Hit
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving.errors import InvalidInput, ServingError, grpc_status
@@ -146,7 +146,10 @@ def filter_from_proto(msg: pb.Filter) -> Filter | None:
         which = cond.WhichOneof("value")
         if which is None:
             raise InvalidInput(f"filter condition {j} ({cond.key!r}): no value set")
-        conditions.append(FieldMatch(cond.key, getattr(cond, which)))
+        try:
+            conditions.append(FieldMatch(cond.key, getattr(cond, which)))
+        except BadFilter as exc:  # index filters validate when built
+            raise InvalidInput(f"filter condition {j}: {exc}") from None
     return Filter(tuple(conditions)) if conditions else None
 
 
