@@ -13,27 +13,63 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-PayloadValue = str | int | bool
+from clipserve.index.collections import (
+    CollectionInfo,
+    CollectionSettings,
+    Provenance,
+    check_model,
+)
+from clipserve.index.errors import (
+    AliasNotFound,
+    BadFilter,
+    CollectionExists,
+    CollectionNotFound,
+    DimensionMismatch,
+    IndexError_,
+    PointNotFound,
+    ProvenanceMismatch,
+)
+from clipserve.index.filters import FieldMatch, Filter, HasId, MatchAny, PayloadValue, Range
+from clipserve.index.ids import canonical_id
 
+__all__ = [
+    "AliasNotFound",
+    "BadFilter",
+    "CollectionExists",
+    "CollectionInfo",
+    "CollectionNotFound",
+    "CollectionSettings",
+    "DimensionMismatch",
+    "FieldMatch",
+    "Filter",
+    "HasId",
+    "Hit",
+    "IndexError_",
+    "MatchAny",
+    "PayloadValue",
+    "Point",
+    "PointNotFound",
+    "Provenance",
+    "ProvenanceMismatch",
+    "Range",
+    "VectorIndex",
+    "check_model",
+]
 
-class IndexError_(Exception):
-    """Base class for index failures (named with a trailing _ to avoid shadowing IndexError)."""
-
-
-class CollectionNotFound(IndexError_):
-    """The named collection does not exist."""
-
-
-class DimensionMismatch(IndexError_):
-    """A vector's or an existing collection's dimension differs from what was asked."""
+NO_VECTOR = np.zeros(0, dtype=np.float32)
+NO_VECTOR.flags.writeable = False
 
 
 @dataclass(frozen=True)
 class Point:
-    """One stored item. `id` is a UUID string (see `clipserve.index.ids`)."""
+    """One stored item. `id` is a UUID string (see `clipserve.index.ids`).
+
+    `vector` is float32 [dim], L2-normalised; when a read did not ask for vectors it is the
+    empty array `NO_VECTOR` (shape [0]).
+    """
 
     id: str
-    vector: np.ndarray  # float32 [dim], L2-normalised
+    vector: np.ndarray
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -42,42 +78,133 @@ class Hit:
     id: str
     score: float  # cosine similarity, higher is closer
     payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class FieldMatch:
-    """payload[key] == value (keyword, integer or bool)."""
-
-    key: str
-    value: PayloadValue
-
-
-@dataclass(frozen=True)
-class Filter:
-    """All conditions must hold (AND). An empty filter matches everything."""
-
-    must: tuple[FieldMatch, ...] = ()
+    vector: np.ndarray | None = None  # only when the search asked for vectors
 
 
 @runtime_checkable
 class VectorIndex(Protocol):
-    def ensure_collection(self, name: str, dim: int) -> None:
-        """Create `name` (cosine distance) if missing; raise DimensionMismatch if it exists
-        with another dimension."""
+    """Every method taking a collection `name` also accepts an alias, resolved at the call.
+
+    To run several calls against one collection while an alias may switch (e.g. check the
+    provenance, then search), `resolve` the alias once and pass the collection name on.
+    """
+
+    kind: str
+
+    # --- collections ---
+
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        settings: CollectionSettings | None = None,
+        provenance: Provenance | None = None,
+    ) -> CollectionInfo:
+        """Create `name` (cosine distance). Raises CollectionExists if a collection or an alias
+        holds the name."""
+
+    def ensure_collection(
+        self,
+        name: str,
+        dim: int,
+        settings: CollectionSettings | None = None,
+        provenance: Provenance | None = None,
+    ) -> None:
+        """Create `name` if missing. If it exists: raise DimensionMismatch for another dimension,
+        ProvenanceMismatch if it was made by another model version than `provenance`'s;
+        `settings` are not applied to an existing collection."""
+
+    def drop_collection(self, name: str) -> None:
+        """Delete the collection `name` (not an alias) with its points and its aliases."""
+
+    def list_collections(self) -> list[CollectionInfo]:
+        """Every collection, sorted by name."""
+
+    def collection_info(self, name: str) -> CollectionInfo: ...
+
+    def provenance(self, name: str) -> Provenance | None:
+        """What made the collection's vectors; None if it was created without provenance."""
+
+    # --- aliases ---
+
+    def set_alias(self, alias: str, collection: str) -> str | None:
+        """Point `alias` at `collection` atomically; return the collection it named before."""
+
+    def delete_alias(self, alias: str) -> None:
+        """Raises AliasNotFound if there is no such alias."""
+
+    def resolve(self, name: str) -> str:
+        """The collection that `name` (a collection or an alias) names now; CollectionNotFound
+        if neither."""
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> collection, for every alias."""
+
+    # --- points ---
 
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         """Insert or overwrite points by id; durable when this returns."""
 
+    def delete(
+        self, name: str, ids: Sequence[str] | None = None, filter: Filter | None = None
+    ) -> None:
+        """Delete points by id, by filter, or (both given) the ids that match the filter."""
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> list[Point]:
+        """Stored points for `ids`, in the order asked, each once; unknown ids are left out."""
+
+    def count(self, name: str, filter: Filter | None = None, exact: bool = True) -> int: ...
+
+    def scroll(
+        self,
+        name: str,
+        filter: Filter | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[list[Point], str | None]:
+        """A page of points in id order and the token of the next page (None after the last)."""
+
     def search(
-        self, name: str, vector: np.ndarray, top_k: int, filter: Filter | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        top_k: int,
+        filter: Filter | None = None,
+        *,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exact: bool = False,
+        with_vectors: bool = False,
     ) -> list[Hit]:
-        """Top-k by cosine similarity, best first."""
+        """Top-k by cosine similarity, best first, after skipping `offset` hits; hits scoring
+        below `score_threshold` are left out."""
 
-    def count(self, name: str) -> int: ...
-
-    def retrieve(self, name: str, ids: Sequence[str]) -> list[Point]: ...
+    def search_by_id(
+        self,
+        name: str,
+        point_id: str,
+        top_k: int,
+        filter: Filter | None = None,
+        *,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """Nearest neighbours of a stored point, the point itself left out; PointNotFound if
+        it is not stored."""
 
     def close(self) -> None: ...
+
+
+def require_model(index: VectorIndex, name: str, model_version: str) -> str:
+    """Resolve `name` once and check that its collection was made by `model_version`.
+
+    Returns the collection name to use for the rest of the request, so an alias switching
+    in between cannot pair one model's vectors with another's collection.
+    """
+    collection = index.resolve(name)
+    check_model(collection, index.provenance(collection), model_version)
+    return collection
 
 
 # --- Shared validation, used by every implementation so they reject the same inputs. ---
@@ -109,16 +236,75 @@ def as_vector(vector: np.ndarray | Sequence[float], dim: int) -> np.ndarray:
     return arr
 
 
+def check_dim(dim: object) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    return dim
+
+
+def check_search_args(top_k: int, offset: int, score_threshold: float | None) -> None:
+    """The same argument errors from every implementation."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    if score_threshold is not None and (
+        isinstance(score_threshold, bool)
+        or not isinstance(score_threshold, int | float)
+        or not np.isfinite(score_threshold)
+    ):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold!r}")
+
+
+def check_scroll_args(limit: int, page_token: str | None) -> str | None:
+    """Validate scroll arguments; return the page token as a canonical point id."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if page_token is None or page_token == "":
+        return None
+    try:
+        return canonical_id(page_token)
+    except ValueError:
+        raise ValueError(f"page_token {page_token!r} is not one this index handed out") from None
+
+
+def delete_filter(ids: Sequence[str] | None, filter: Filter | None) -> Filter:
+    """The one filter a delete by ids and/or filter runs: ids AND filter."""
+    if ids is None and filter is None:
+        raise ValueError("delete needs ids, a filter, or both")
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of ids, not one string")
+    conditions: list[Filter | HasId] = []
+    if ids is not None:
+        conditions.append(HasId(tuple(ids)))
+    if filter is not None:
+        conditions.append(filter)
+    return Filter(must=tuple(conditions))
+
+
+def neighbour_filter(point_id: str, filter: Filter | None) -> Filter:
+    """`filter` AND "not the point itself", for searches by a stored point."""
+    return Filter(must=(filter,) if filter is not None else (), must_not=(HasId((point_id,)),))
+
+
+def to_point(record: Any) -> Point:
+    """A Qdrant record or scored point (anything with .id, .vector, .payload) as a Point."""
+    vector = record.vector
+    return Point(
+        id=str(record.id),
+        vector=NO_VECTOR if vector is None else np.asarray(vector, dtype=np.float32),
+        payload=record.payload or {},
+    )
+
+
+def to_hit(scored: Any, with_vectors: bool) -> Hit:
+    vector = np.asarray(scored.vector, dtype=np.float32) if with_vectors else None
+    return Hit(
+        id=str(scored.id), score=float(scored.score), payload=scored.payload or {}, vector=vector
+    )
+
+
 def ordered_points(wanted: Sequence[str], records: Sequence[Any]) -> list[Point]:
-    """Qdrant records (anything with .id, .vector, .payload) as Points in `wanted` order,
-    unknown ids left out. Shared by every VectorIndex.retrieve."""
+    """Records as Points in `wanted` order, unknown ids left out. Shared by every retrieve."""
     found = {str(r.id): r for r in records}
-    return [
-        Point(
-            id=i,
-            vector=np.asarray(found[i].vector, dtype=np.float32),
-            payload=found[i].payload or {},
-        )
-        for i in wanted
-        if i in found
-    ]
+    return [to_point(found[i]) for i in wanted if i in found]

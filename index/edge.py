@@ -1,70 +1,95 @@
 """`EdgeIndex`: Qdrant's own engine in-process (`qdrant_edge`), one shard per collection.
 
-On-disk layout under `path`:
+On-disk layout under `path` (see `edge_meta` for collection.json):
 
-    <path>/<collection>/collection.json   {"format": 1, "dim": 512, "distance": "cosine"}
+    <path>/aliases.json                   alias -> collection (see `aliases`)
+    <path>/<collection>/collection.json   dim, settings, provenance, live shard directory
     <path>/<collection>/shard/            the EdgeShard: WAL, segments, payload indexes
 
 `collection.json` is written (atomically) before the shard is created, so a directory that has it
-is a collection; reopening reads the dimension from it and the engine checks it against the
-segments. Only one process may hold a directory: the shard's WAL is locked while it is open.
+is a collection. Dropping renames the directory to `.dropped-*` first (a crash leaves no half
+collection) and then deletes it. Only one process may hold a directory: a shard's WAL is locked
+while it is open.
 
 Durability: `EdgeShard.update` appends to the WAL before applying, which survives a process crash;
-`upsert` then calls `flush()` (WAL and segments to disk) so the write also survives an OS crash or
-power loss when `upsert` returns. `fsync=False` skips that flush (~2-3 ms per call).
+writes then call `flush()` (WAL and segments to disk) so they also survive an OS crash or
+power loss when they return. `fsync=False` skips that flush (~2-3 ms per call).
 
-Threads: the engine is internally synchronised (a WAL mutex, read/write-locked segments) and
-releases the GIL, so searches from several gRPC workers run concurrently. The Python lock here
-only guards opening, creating and closing collections. `close()` expects in-flight calls to have
-finished (the server drains first); a call racing it gets an error, not undefined behaviour.
+Threads: the engine is internally synchronised and releases the GIL in queries and updates, so
+searches from several gRPC workers run concurrently. The Python lock here only guards opening,
+creating, dropping and closing collections. `close()` expects in-flight calls to have finished
+(the server drains first); a call racing it gets an error, not undefined behaviour.
 
-Search is exact or HNSW per segment, as the engine decides: segments under the HNSW
-`full_scan_threshold`, and every segment not yet optimised, are scanned in full. The engine has
-no background optimiser: `optimize(name)` builds the HNSW graph (seconds per 10k points), after
-which searches use it unless `exact=True`.
+Search is exact or HNSW per segment: segments under `full_scan_threshold` KB, and segments not
+yet indexed, are scanned in full. The graph is built by `optimize(name)`, or in the background
+once `hnsw_build_threshold` points have been written (see `edge_builder`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import threading
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
 
+from clipserve.index.aliases import AliasTable
 from clipserve.index.base import (
+    AliasNotFound,
+    CollectionExists,
+    CollectionInfo,
     CollectionNotFound,
+    CollectionSettings,
     DimensionMismatch,
     Filter,
     Hit,
     Point,
+    PointNotFound,
+    Provenance,
     as_vector,
     check_collection_name,
+    check_dim,
+    check_model,
+    check_scroll_args,
+    check_search_args,
+    delete_filter,
+    neighbour_filter,
     ordered_points,
+    to_hit,
+    to_point,
+)
+from clipserve.index.collections import creation_provenance
+from clipserve.index.edge_builder import BuildTrigger
+from clipserve.index.edge_filters import edge_filter
+from clipserve.index.edge_meta import (
+    EdgeMeta,
+    edge_config,
+    is_collection,
+    payload_index_op,
+    read_meta,
+    write_meta,
 )
 from clipserve.index.ids import canonical_id
 
-_META_FILE = "collection.json"
-_SHARD_DIR = "shard"
-_FORMAT = 1
-
-PayloadKind = Literal["keyword", "integer", "bool"]
-_SCHEMA = {
-    "keyword": qe.PayloadSchemaType.Keyword,
-    "integer": qe.PayloadSchemaType.Integer,
-    "bool": qe.PayloadSchemaType.Bool,
-}
+_DROPPED_PREFIX = ".dropped-"
 
 
-@dataclass(frozen=True)
 class _Collection:
-    shard: qe.EdgeShard
-    dim: int
+    def __init__(self, name: str, meta: EdgeMeta, shard: qe.EdgeShard) -> None:
+        self.name = name
+        self.meta = meta
+        self.shard = shard
+        self.dim = meta.dim
+        self.builder: BuildTrigger | None = None
+
+    def search_params(self, exact: bool) -> qe.SearchParams:
+        s = self.meta.settings
+        quant = qe.QuantizationSearchParams(rescore=True) if s.int8_quantization else None
+        return qe.SearchParams(hnsw_ef=s.hnsw_ef_search, exact=exact, quantization=quant)
 
 
 class EdgeIndex:
@@ -74,7 +99,9 @@ class EdgeIndex:
         path: root directory (created if missing).
         exact: force exact (brute-force) search even where an HNSW graph exists.
         batch_size: points per engine update (one WAL record each).
-        fsync: flush WAL and segments before `upsert` returns (see module docstring).
+        fsync: flush WAL and segments before a write returns (see module docstring).
+        background_build: build HNSW graphs on a background thread past each collection's
+            `hnsw_build_threshold`; False leaves it to `optimize()`.
     """
 
     kind = "qdrant-edge"  # reported by the server's Info
@@ -86,35 +113,123 @@ class EdgeIndex:
         exact: bool = False,
         batch_size: int = 256,
         fsync: bool = True,
+        background_build: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._root = Path(path)
         self._root.mkdir(parents=True, exist_ok=True)
+        for stale in self._root.glob(_DROPPED_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a drop interrupted by a crash
         self._exact = exact
         self._batch_size = batch_size
         self._fsync = fsync
-        self._lock = threading.Lock()
+        self._background_build = background_build
+        self._lock = threading.RLock()
         self._open: dict[str, _Collection] = {}
+        self._aliases = AliasTable(self._root)
         self._closed = False
 
-    # --- VectorIndex ---
+    # --- collections ---
 
-    def ensure_collection(self, name: str, dim: int) -> None:
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        settings: CollectionSettings | None = None,
+        provenance: Provenance | None = None,
+    ) -> CollectionInfo:
         check_collection_name(name)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        check_dim(dim)
+        settings = settings or CollectionSettings()
+        provenance = creation_provenance(name, dim, settings, provenance)
         with self._lock:
             self._check_open()
-            coll = self._open.get(name)
-            if coll is None and (self._root / name / _META_FILE).exists():
-                coll = self._load(name)
-            if coll is None:
-                self._create(name, dim)
-            elif coll.dim != dim:
-                raise DimensionMismatch(
-                    f"collection {name!r} exists with dim {coll.dim}, asked for {dim}"
-                )
+            if name in self._open or is_collection(self._root / name):
+                raise CollectionExists(f"collection {name!r} exists already")
+            if self._aliases.get(name) is not None:
+                raise CollectionExists(f"an alias named {name!r} exists already")
+            coll = self._create(name, EdgeMeta(dim, settings, provenance))
+        return self._info(coll)
+
+    def ensure_collection(
+        self,
+        name: str,
+        dim: int,
+        settings: CollectionSettings | None = None,
+        provenance: Provenance | None = None,
+    ) -> None:
+        check_collection_name(name)
+        check_dim(dim)
+        with self._lock:
+            self._check_open()
+            target = self._aliases.get(name) or name
+            if target in self._open or is_collection(self._root / target):
+                coll = self._get(target)
+            else:
+                self.create_collection(name, dim, settings, provenance)
+                return
+        if coll.dim != dim:
+            raise DimensionMismatch(
+                f"collection {name!r} exists with dim {coll.dim}, asked for {dim}"
+            )
+        if provenance is not None:
+            check_model(coll.name, coll.meta.provenance, provenance.model_version)
+
+    def drop_collection(self, name: str) -> None:
+        check_collection_name(name)
+        with self._lock:
+            self._check_open()
+            if self._aliases.get(name) is not None:
+                raise ValueError(f"{name!r} is an alias; drop_collection takes a collection name")
+            coll = self._get(name)
+            if coll.builder is not None:
+                coll.builder.close()
+            self._aliases.drop_target(name)
+            del self._open[name]
+            coll.shard.close()
+            trash = self._root / f"{_DROPPED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(self._root / name, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self._lock:
+            self._check_open()
+            names = sorted(p.name for p in self._root.iterdir() if is_collection(p))
+        return [self._info(self._get(n)) for n in names]
+
+    def collection_info(self, name: str) -> CollectionInfo:
+        return self._info(self._get(name))
+
+    def provenance(self, name: str) -> Provenance | None:
+        return self._get(name).meta.provenance
+
+    # --- aliases ---
+
+    def set_alias(self, alias: str, collection: str) -> str | None:
+        check_collection_name(alias)
+        check_collection_name(collection)
+        with self._lock:
+            self._check_open()
+            if self._aliases.get(collection) is not None:
+                raise ValueError(f"{collection!r} is an alias; an alias must name a collection")
+            if alias in self._open or is_collection(self._root / alias):
+                raise CollectionExists(f"a collection named {alias!r} exists; pick another alias")
+            self._get(collection)  # CollectionNotFound if missing
+            return self._aliases.set(alias, collection)
+
+    def delete_alias(self, alias: str) -> None:
+        check_collection_name(alias)
+        if not self._aliases.delete(alias):
+            raise AliasNotFound(f"alias {alias!r} does not exist")
+
+    def resolve(self, name: str) -> str:
+        return self._get(name).name
+
+    def aliases(self) -> dict[str, str]:
+        return self._aliases.snapshot()
+
+    # --- points ---
 
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         coll = self._get(name)
@@ -129,29 +244,21 @@ class EdgeIndex:
             )
         if prepared and self._fsync:
             coll.shard.flush()
+        if coll.builder is not None and prepared:
+            coll.builder.note_writes(len(prepared))
 
-    def search(
-        self, name: str, vector: np.ndarray, top_k: int, filter: Filter | None = None
-    ) -> list[Hit]:
+    def delete(
+        self, name: str, ids: Sequence[str] | None = None, filter: Filter | None = None
+    ) -> None:
+        flt = edge_filter(delete_filter(ids, filter))
         coll = self._get(name)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        request = qe.QueryRequest(
-            limit=top_k,
-            query=qe.Query.Nearest(as_vector(vector, coll.dim)),
-            filter=_edge_filter(filter),
-            with_payload=True,
-            params=qe.SearchParams(exact=self._exact),
-        )
-        return [
-            Hit(id=str(p.id), score=float(p.score), payload=p.payload or {})
-            for p in coll.shard.query(request)
-        ]
+        if flt is None:  # only an explicitly empty id list gets here: nothing to delete
+            return
+        coll.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+        if self._fsync:
+            coll.shard.flush()
 
-    def count(self, name: str) -> int:
-        return int(self._get(name).shard.count(qe.CountRequest(exact=True)))
-
-    def retrieve(self, name: str, ids: Sequence[str]) -> list[Point]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> list[Point]:
         """Stored points for `ids`, in the order asked, each once; unknown ids are left out.
 
         Vectors come back as stored: cosine collections keep the L2-normalised vector.
@@ -160,31 +267,116 @@ class EdgeIndex:
         wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
         if not wanted:
             return []
-        records = coll.shard.retrieve(wanted, with_payload=True, with_vector=True)
+        records = coll.shard.retrieve(wanted, with_payload=True, with_vector=with_vectors)
         return ordered_points(wanted, records)
 
+    def count(self, name: str, filter: Filter | None = None, exact: bool = True) -> int:
+        request = qe.CountRequest(exact=exact, filter=edge_filter(filter))
+        return int(self._get(name).shard.count(request))
+
+    def scroll(
+        self,
+        name: str,
+        filter: Filter | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[list[Point], str | None]:
+        offset = check_scroll_args(limit, page_token)
+        coll = self._get(name)
+        records, next_id = coll.shard.scroll(
+            qe.ScrollRequest(
+                offset=offset,
+                limit=limit,
+                filter=edge_filter(filter),
+                with_payload=True,
+                with_vector=with_vectors,
+            )
+        )
+        return [to_point(r) for r in records], None if next_id is None else str(next_id)
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        top_k: int,
+        filter: Filter | None = None,
+        *,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exact: bool = False,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        coll = self._get(name)
+        check_search_args(top_k, offset, score_threshold)
+        request = qe.QueryRequest(
+            limit=top_k,
+            offset=offset,
+            query=qe.Query.Nearest(as_vector(vector, coll.dim)),
+            filter=edge_filter(filter),
+            score_threshold=None if score_threshold is None else float(score_threshold),
+            with_payload=True,
+            with_vector=with_vectors,
+            params=coll.search_params(exact or self._exact),
+        )
+        return [to_hit(p, with_vectors) for p in coll.shard.query(request)]
+
+    def search_by_id(
+        self,
+        name: str,
+        point_id: str,
+        top_k: int,
+        filter: Filter | None = None,
+        *,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        collection = self.resolve(name)
+        found = self.retrieve(collection, [point_id])
+        if not found:
+            raise PointNotFound(f"point {point_id!r} is not in collection {collection!r}")
+        return self.search(
+            collection,
+            found[0].vector,
+            top_k,
+            neighbour_filter(found[0].id, filter),
+            score_threshold=score_threshold,
+            exact=exact,
+        )
+
     def close(self) -> None:
-        """Flush and close every open shard. Idempotent; the index is unusable afterwards."""
+        """Wait for running HNSW builds, then flush and close every open shard. Idempotent;
+        the index is unusable afterwards."""
         with self._lock:
             self._closed = True
             colls, self._open = list(self._open.values()), {}
         for coll in colls:
+            if coll.builder is not None:
+                coll.builder.close()
             coll.shard.close()  # close() flushes
 
     # --- Edge-only extras ---
 
-    def create_payload_index(self, name: str, key: str, kind: PayloadKind) -> None:
-        """Index payload field `key` so filters on it skip a full payload scan. Idempotent."""
-        if kind not in _SCHEMA:
-            raise ValueError(f"kind must be one of {sorted(_SCHEMA)}, got {kind!r}")
+    def create_payload_index(self, name: str, key: str, kind: str) -> None:
+        """Index payload field `key` ("keyword", "integer", "float" or "bool"). Idempotent."""
+        op = payload_index_op(key, kind)
         coll = self._get(name)
-        coll.shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+        coll.shard.update(op)
         if self._fsync:
             coll.shard.flush()
 
     def optimize(self, name: str) -> bool:
         """Merge segments and build the HNSW graph now (blocking). True if anything changed."""
         return bool(self._get(name).shard.optimize())
+
+    def wait_for_build(self, name: str, timeout: float | None = None) -> bool:
+        """Wait for a background HNSW build of `name`; True when none is running."""
+        builder = self._get(name).builder
+        return True if builder is None else builder.wait(timeout)
+
+    def indexed_count(self, name: str) -> int:
+        """Points of `name` that are in an HNSW graph (the rest are scanned in full)."""
+        return int(self._get(name).shard.info().indexed_vectors_count)
 
     def __enter__(self) -> EdgeIndex:
         return self
@@ -199,76 +391,59 @@ class EdgeIndex:
             raise RuntimeError("EdgeIndex is closed")
 
     def _get(self, name: str) -> _Collection:
-        coll = self._open.get(name)
+        target = self._aliases.get(name) or name
+        coll = self._open.get(target)
         if coll is not None and not self._closed:
             return coll
         check_collection_name(name)
         with self._lock:
             self._check_open()
-            coll = self._open.get(name)
+            coll = self._open.get(target)
             if coll is None:
-                if not (self._root / name / _META_FILE).exists():
+                if not is_collection(self._root / target):
                     raise CollectionNotFound(f"collection {name!r} does not exist")
-                coll = self._load(name)
+                coll = self._open_shard(target, read_meta(self._root / target))
             return coll
 
-    def _config(self, dim: int) -> qe.EdgeConfig:
-        return qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
-
-    def _create(self, name: str, dim: int) -> _Collection:
+    def _create(self, name: str, meta: EdgeMeta) -> _Collection:
         cdir = self._root / name
         cdir.mkdir(exist_ok=True)
-        _write_json_atomic(cdir / _META_FILE, {"format": _FORMAT, "dim": dim, "distance": "cosine"})
-        return self._open_shard(name, dim)
+        write_meta(cdir, meta)
+        coll = self._open_shard(name, meta)
+        for key, kind in meta.settings.payload_schema:
+            coll.shard.update(payload_index_op(key, kind))
+        coll.shard.flush()
+        return coll
 
-    def _load(self, name: str) -> _Collection:
-        meta = json.loads((self._root / name / _META_FILE).read_text())
-        if meta.get("format") != _FORMAT or meta.get("distance") != "cosine":
-            raise ValueError(f"collection {name!r}: unsupported metadata {meta}")
-        return self._open_shard(name, int(meta["dim"]))
-
-    def _open_shard(self, name: str, dim: int) -> _Collection:
-        sdir = self._root / name / _SHARD_DIR
+    def _open_shard(self, name: str, meta: EdgeMeta) -> _Collection:
+        sdir = self._root / name / meta.shard
+        config = edge_config(meta.dim, meta.settings)
         try:
             if sdir.exists():
                 # Passing the config makes the engine check it against the stored segments.
-                shard = qe.EdgeShard.load(str(sdir), self._config(dim))
+                shard = qe.EdgeShard.load(str(sdir), config)
             else:
-                shard = qe.EdgeShard.create(str(sdir), self._config(dim))
+                shard = qe.EdgeShard.create(str(sdir), config)
         except Exception as exc:  # the engine raises bare Exception; add where and why
             raise RuntimeError(
                 f"cannot open edge shard {sdir} (another process may hold it): {exc}"
             ) from exc
-        coll = _Collection(shard=shard, dim=dim)
+        coll = _Collection(name, meta, shard)
+        threshold = meta.settings.hnsw_build_threshold
+        if self._background_build and threshold > 0:
+            info = shard.info()
+            pending = max(0, int(info.points_count) - int(info.indexed_vectors_count))
+            coll.builder = BuildTrigger(name, threshold, shard.optimize, pending)
+            coll.builder.note_writes(0)  # a reopened collection past its threshold builds now
         self._open[name] = coll
         return coll
 
-
-def _edge_filter(filter: Filter | None) -> qe.Filter | None:
-    if filter is None or not filter.must:
-        return None
-    conditions: list[Any] = []
-    for cond in filter.must:
-        value: Any = cond.value
-        if isinstance(value, bool):
-            # qdrant_edge 0.9 reads a Python bool as the integer 0/1 (bool subclasses int), which
-            # never matches a stored bool. numpy.bool_ is not an int, so it arrives as a bool.
-            value = np.bool_(value)
-        elif not isinstance(value, str | int):
-            raise ValueError(f"filter on {cond.key!r}: value must be str, int or bool")
-        conditions.append(qe.FieldCondition(key=cond.key, match=qe.MatchValue(value)))
-    return qe.Filter(must=conditions)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    def _info(self, coll: _Collection) -> CollectionInfo:
+        aliases = tuple(sorted(a for a, c in self._aliases.snapshot().items() if c == coll.name))
+        return CollectionInfo(
+            name=coll.name,
+            count=int(coll.shard.count(qe.CountRequest(exact=True))),
+            provenance=coll.meta.provenance,
+            settings=coll.meta.settings,
+            aliases=aliases,
+        )
