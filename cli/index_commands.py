@@ -108,7 +108,11 @@ def query_main(argv: Sequence[str] | None = None) -> int:
     for rank, h in enumerate(resp.hits, 1):
         payload = payload_from_proto(h.payload)
         if args.json:
-            print(json.dumps({"rank": rank, "id": h.id, "score": round(h.score, 6), "payload": payload}))
+            print(
+                json.dumps(
+                    {"rank": rank, "id": h.id, "score": round(h.score, 6), "payload": payload}
+                )
+            )
         else:
             shown = {k: v for k, v in payload.items() if k != "_source"}
             print(f"{rank:>3}  {h.score:.4f}  {h.id}  {json.dumps(shown)[:100]}")
@@ -141,7 +145,9 @@ def collections_main(argv: Sequence[str] | None = None) -> int:
             for info in client.list_collections():
                 prov = info.provenance
                 aliases = f"  aliases: {', '.join(info.aliases)}" if info.aliases else ""
-                source = pb.VectorSource.Name(prov.vector_source).removeprefix("VECTOR_SOURCE_").lower()
+                source = (
+                    pb.VectorSource.Name(prov.vector_source).removeprefix("VECTOR_SOURCE_").lower()
+                )
                 print(f"{info.name:<32} {info.count:>9} points  model {prov.model_name} "
                       f"{prov.model_version[:12]} dim {prov.dim} {source}{aliases}")  # fmt: skip
         elif args.action == "create":

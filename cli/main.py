@@ -18,9 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("clipserve.training.export", "export a checkpoint to an ONNX model bundle"),
     "serve": ("clipserve.serving.server", "serve a model bundle over gRPC with a Qdrant index"),
     "index": ("clipserve.ingest.cli", "bulk-ingest a manifest or an image folder (resumable)"),
-    "reindex": ("clipserve.ingest.reindex", "re-embed an alias's collection with a new bundle, switch"),
+    "reindex": (
+        "clipserve.ingest.reindex",
+        "re-embed an alias's collection with a new bundle, switch",
+    ),
     "query": ("clipserve.cli.index_commands:query_main", "search a collection"),
-    "collections": ("clipserve.cli.index_commands:collections_main", "list/create/drop/alias collections"),
+    "collections": (
+        "clipserve.cli.index_commands:collections_main",
+        "list/create/drop/alias collections",
+    ),
     "dedup": ("clipserve.cli.index_commands:dedup_main", "groups of near-duplicate points"),
     "demo": ("clipserve.cli.demo", "the whole pipeline end to end on embedded defaults"),
 }

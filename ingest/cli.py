@@ -29,7 +29,9 @@ VECTOR_SOURCES = ("content", "image", "text", "pooled")
 def add_target_args(p: argparse.ArgumentParser) -> None:
     """--bundle with --index-path/--qdrant-url (in-process), or --server HOST:PORT."""
     p.add_argument("--bundle", type=Path, help="model bundle: embed in this process")
-    p.add_argument("--index-path", type=Path, help="embedded Qdrant index directory (with --bundle)")
+    p.add_argument(
+        "--index-path", type=Path, help="embedded Qdrant index directory (with --bundle)"
+    )
     p.add_argument("--qdrant-url", help="a Qdrant server (with --bundle)")
     p.add_argument("--qdrant-api-key", help="API key of the Qdrant server")
     p.add_argument("--server", help="a running clipserve server HOST:PORT instead of --bundle")
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="concurrent writes (default 1 in-process, 2 to a server)")  # fmt: skip
     p.add_argument("--journal", type=Path, help="progress journal (default: in "
                    "~/.local/state/clipserve/ingest, named after source and collection)")  # fmt: skip
-    p.add_argument("--rejects", type=Path, help="rejected items, JSONL (default: beside the journal)")
+    p.add_argument(
+        "--rejects", type=Path, help="rejected items, JSONL (default: beside the journal)"
+    )
     p.add_argument("--restart", action="store_true", help="forget earlier progress")
     p.add_argument("--retries", type=int, default=8, help="attempts per call on transient errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _default_journal(run: dict[str, Any]) -> Path:
-    key = hashlib.sha256(f"{run['source']}|{run['target']}|{run['collection']}".encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{run['source']}|{run['target']}|{run['collection']}".encode()
+    ).hexdigest()
     name = f"{Path(run['source']).name}-{run['collection']}-{key[:10]}.journal"
     return Path.home() / ".local" / "state" / "clipserve" / "ingest" / name
 

@@ -46,11 +46,11 @@ class Journal:
         self.progress = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
-        self._rejects = open(self.rejects_path, "ab")
+        self._rejects = open(self.rejects_path, "ab")  # noqa: SIM115 (held until close())
         self._rejects.truncate(self.progress.rejects_bytes)  # drop uncommitted rejects
         self._rejects.seek(self.progress.rejects_bytes)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
-        self._journal = open(self.path, "ab")
+        self._journal = open(self.path, "ab")  # noqa: SIM115 (held until close())
         if fresh:
             self._append(self._journal, [{"format": FORMAT, "run": run}])
 

@@ -81,14 +81,14 @@ class Pipeline:
         *,
         batch_size: int = 64,
         writers: int = 1,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         load: Callable[[SourceItem], UpsertItem] = load_item,
     ) -> None:
         if batch_size < 1 or writers < 1:
             raise ValueError(f"batch_size and writers must be >= 1, got {batch_size}, {writers}")
         self.target, self.journal = target, journal
         self.batch_size = min(batch_size, target.max_batch)
-        self.writers, self.retry, self.load = writers, retry, load
+        self.writers, self.retry, self.load = writers, retry or RetryPolicy(), load
         self.retries = 0
 
     def run(self, items: Iterable[SourceItem], total: int, progress_bar: bool = True) -> Summary:
@@ -125,7 +125,9 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _load(self, batch: list[SourceItem]) -> tuple[list[tuple[SourceItem, UpsertItem]], list[dict[str, Any]]]:
+    def _load(
+        self, batch: list[SourceItem]
+    ) -> tuple[list[tuple[SourceItem, UpsertItem]], list[dict[str, Any]]]:
         good, rejects = [], []
         for item in batch:
             try:
@@ -134,7 +136,9 @@ class Pipeline:
                 rejects.append(_reject(item, str(exc)))
         return good, rejects
 
-    def _prepare(self, good: list[tuple[SourceItem, UpsertItem]], rejects: list[dict[str, Any]]) -> Any:
+    def _prepare(
+        self, good: list[tuple[SourceItem, UpsertItem]], rejects: list[dict[str, Any]]
+    ) -> Any:
         """The prepared batch, or None when the target refused it (then `_write` isolates the
         bad items one by one)."""
         try:
@@ -143,7 +147,10 @@ class Pipeline:
             return None
 
     def _write(
-        self, prepared: Any, good: list[tuple[SourceItem, UpsertItem]], rejects: list[dict[str, Any]]
+        self,
+        prepared: Any,
+        good: list[tuple[SourceItem, UpsertItem]],
+        rejects: list[dict[str, Any]],
     ) -> tuple[int, list[dict[str, Any]]]:
         if not good:
             return 0, rejects

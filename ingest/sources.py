@@ -66,7 +66,9 @@ class Source:
             for p in self._images():
                 cap = p.with_suffix(".txt")
                 cap_size = cap.stat().st_size if cap.is_file() else -1
-                h.update(f"{p.relative_to(self.path).as_posix()}\0{p.stat().st_size}\0{cap_size}\n".encode())
+                h.update(
+                    f"{p.relative_to(self.path).as_posix()}\0{p.stat().st_size}\0{cap_size}\n".encode()
+                )
         else:
             with self.path.open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -86,7 +88,11 @@ class Source:
     def _images(self) -> list[Path]:
         if self._files is None:
             self._files = sorted(
-                (p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                (
+                    p
+                    for p in self.path.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                ),
                 key=lambda p: p.relative_to(self.path).as_posix(),
             )
         return self._files

@@ -104,7 +104,9 @@ class ClipServeClient:
 
     def upsert(
         self,
-        items: Sequence[tuple[Item, Mapping[str, Any] | None] | tuple[Item, Mapping[str, Any] | None, str]],
+        items: Sequence[
+            tuple[Item, Mapping[str, Any] | None] | tuple[Item, Mapping[str, Any] | None, str]
+        ],
         *,
         collection: str = "",
         vectors: np.ndarray | None = None,
@@ -188,7 +190,9 @@ class ClipServeClient:
         collection: str = "",
     ) -> str:  # fmt: skip
         """Delete by ids, by filter, or the ids matching the filter; returns the collection."""
-        request = pb.DeleteRequest(collection=collection, ids=list(ids or ()), filter=to_filter(filter))
+        request = pb.DeleteRequest(
+            collection=collection, ids=list(ids or ()), filter=to_filter(filter)
+        )
         return self.stub.Delete(request, timeout=self.timeout_s).collection
 
     def count(self, *, filter: FilterSpec | None = None, collection: str = "") -> int:
@@ -217,7 +221,11 @@ class ClipServeClient:
     # -- collections ----------------------------------------------------------------------
 
     def list_collections(self) -> list[pb.CollectionInfo]:
-        return list(self.stub.ListCollections(pb.ListCollectionsRequest(), timeout=self.timeout_s).collections)
+        return list(
+            self.stub.ListCollections(
+                pb.ListCollectionsRequest(), timeout=self.timeout_s
+            ).collections
+        )
 
     def create_collection(self, name: str, settings: Any = None) -> pb.CollectionInfo:
         """`settings`: a pb.CollectionSettings, an index `CollectionSettings`, or None."""

@@ -25,8 +25,8 @@ from clipserve.index.base import (
 )
 from clipserve.index.filters import BadFilter, Condition
 from clipserve.proto.v1 import clipserve_pb2 as pb
-from clipserve.serving.errors import InvalidInput
 from clipserve.serving.dedup import DedupResult
+from clipserve.serving.errors import InvalidInput
 from clipserve.serving.index_service import Mmr, QueryResult, QuerySpec, UpsertItem
 from clipserve.serving.service import Content
 
@@ -103,7 +103,9 @@ def _condition(cond: pb.Condition, where: str) -> Condition:
         return Range(r.key, **bounds)
     if which == "any":
         if cond.any.keywords and cond.any.integers:
-            raise InvalidInput(f"{where} ({cond.any.key!r}): any-of takes keywords or integers, not both")
+            raise InvalidInput(
+                f"{where} ({cond.any.key!r}): any-of takes keywords or integers, not both"
+            )
         return MatchAny(cond.any.key, tuple(cond.any.keywords) or tuple(cond.any.integers))
     if which == "filter":
         nested = filter_from_proto(cond.filter)

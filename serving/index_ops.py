@@ -74,7 +74,9 @@ class IndexOps:
         m = self.manifest
         return Provenance(m.version, m.model_name, m.embed_dim, settings.vector_source)
 
-    def create(self, name: str, settings: CollectionSettings, exist_ok: bool = False) -> CollectionInfo:
+    def create(
+        self, name: str, settings: CollectionSettings, exist_ok: bool = False
+    ) -> CollectionInfo:
         name = self.name(name)
         with self._errors(name):
             try:
@@ -88,17 +90,18 @@ class IndexOps:
                 check_model(collection, self.index.provenance(collection), self.manifest.version)
                 return self.index.collection_info(collection)
 
-    def writable(self, collection: str) -> tuple[str, str]:
-        """(collection, its vector_source) for a write by this server's model: created with
-        this model's provenance when missing; FailedPrecondition when another model made it."""
+    def writable(self, collection: str) -> tuple[str, str, bool]:
+        """(collection, its vector_source, whether it must be created) for a write by this
+        server's model. Nothing is created here, so a rejected request leaves no trace;
+        FailedPrecondition when another model made the collection."""
         name = self.name(collection)
         try:
             resolved = self.resolve(name)
         except NotFound:
-            resolved = self.create(name, CollectionSettings(), exist_ok=True).name
+            return name, "content", True
         prov = self._provenance(resolved)
         self._check(resolved, prov, self.manifest.version)
-        return resolved, prov.vector_source if prov is not None else "content"
+        return resolved, prov.vector_source if prov is not None else "content", False
 
     def model_version(self, name: str) -> str:
         """The model version of collection `name`'s vectors (this server's if unrecorded)."""
@@ -137,7 +140,10 @@ class IndexOps:
 
     # -- points -------------------------------------------------------------------------------
 
-    def write(self, name: str, points: Sequence[Point]) -> None:
+    def write(self, name: str, points: Sequence[Point], create: bool = False) -> None:
+        """Upsert; `create`: make the collection first (with this model's provenance)."""
+        if create:
+            self.create(name, CollectionSettings(), exist_ok=True)
         with self._errors(name):
             self.index.upsert(name, points)
 

@@ -32,10 +32,10 @@ from clipserve.index.base import (
 from clipserve.index.ids import canonical_id, content_id
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.dedup import DedupResult, find_duplicates
-from clipserve.serving.errors import InvalidInput, Overloaded
+from clipserve.serving.errors import FailedPrecondition, InvalidInput, Overloaded
 from clipserve.serving.index_ops import IndexOps
-from clipserve.serving.service import Content, EmbeddingService
 from clipserve.serving.page_token import decode_page_token, encode_page_token
+from clipserve.serving.service import Content, EmbeddingService
 from clipserve.serving.vectors import check_vector, mmr, pool
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ DEFAULT_TOP_K = 10
 # Payload keys for re-indexing (README "Re-indexing"): the image file, a text item's text.
 SOURCE_KEY = "_source"
 TEXT_KEY = "_text"
-
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,7 @@ class Prepared:
     points: list[Point]
     ids: list[str]  # one per request item, in order (duplicates collapse to one point)
     model_version: str
+    create: bool = False  # the collection does not exist yet: the write creates it
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,9 @@ class IndexService:
 
     async def ensure_default_collection(self) -> None:
         """Startup: the default collection exists (made by this model) or is created."""
-        await self._run(self.ops.writable, "")
+        name, _, create = await self._run(self.ops.writable, "")
+        if create:
+            await self._run(self.ops.create, name, CollectionSettings(), True)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -143,7 +145,7 @@ class IndexService:
         """Embed and store `items` (see `prepare` and `write`)."""
         async with self._admit():
             prepared = await self._prepare(collection, items, truncate, vector_model_version)
-            await self._run(self.ops.write, prepared.collection, prepared.points)
+            await self._run(self.ops.write, prepared.collection, prepared.points, prepared.create)
             return prepared
 
     async def prepare(
@@ -162,7 +164,7 @@ class IndexService:
     async def write(self, prepared: Prepared) -> None:
         """The writing half of `upsert`: durable when it returns."""
         async with self._admit():
-            await self._run(self.ops.write, prepared.collection, prepared.points)
+            await self._run(self.ops.write, prepared.collection, prepared.points, prepared.create)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -174,7 +176,11 @@ class IndexService:
             if spec.mmr is not None and offset:
                 raise InvalidInput("mmr: diversified results do not page; drop offset/page_token")
             vec, filter = await self._query_vector(name, spec)
-            limit = k if spec.mmr is None else min(self.config.max_top_k, max(k, spec.mmr.candidates or 4 * k))
+            limit = (
+                k
+                if spec.mmr is None
+                else min(self.config.max_top_k, max(k, spec.mmr.candidates or 4 * k))
+            )
             hits = await self._run(
                 functools.partial(self.ops.search, offset=offset, exact=spec.exact,
                                   score_threshold=spec.score_threshold),
@@ -192,7 +198,9 @@ class IndexService:
         """Points by id, in request order; unknown ids are listed in `missing_ids`."""
         async with self._admit():
             if len(ids) > self.config.max_top_k:
-                raise InvalidInput(f"request has {len(ids)} ids; the limit is {self.config.max_top_k}")
+                raise InvalidInput(
+                    f"request has {len(ids)} ids; the limit is {self.config.max_top_k}"
+                )
             name = await self._run(self.ops.resolve, collection)
             points = await self._run(self.ops.retrieve, name, ids, with_vectors)
             found = {p.id for p in points}
@@ -339,15 +347,30 @@ class IndexService:
             raise InvalidInput(f"request has no items; send 1 to {cfg.max_batch}")
         if len(items) > cfg.max_batch:
             raise InvalidInput(f"request has {len(items)} items; the limit is {cfg.max_batch}")
-        name, source = await self._run(self.ops.writable, collection)
+        name, source, create = await self._run(self.ops.writable, collection)
         has_vectors = [it.vector is not None for it in items]
         if any(has_vectors):
             if not all(has_vectors):
                 raise InvalidInput("items: give a precomputed vector for every item or none")
-            self.ops.check_vector_model(name, vector_model_version)
+            if not vector_model_version:
+                raise InvalidInput(
+                    "vector_model_version is required with precomputed vectors: "
+                    f"the version of the model that made them (this server's: {self.manifest.version})"
+                )
+            if not create:
+                await self._run(self.ops.check_vector_model, name, vector_model_version)
+            if vector_model_version != self.manifest.version:
+                raise FailedPrecondition(
+                    f"collection {name!r} takes vectors of model version {self.manifest.version!r} "
+                    f"(this server's); these come from model version {vector_model_version!r}"
+                )
         vectors = (
-            np.stack([check_vector(it.vector, self.manifest.embed_dim, f"item {i}")
-                      for i, it in enumerate(items)])  # fmt: skip
+            np.stack(
+                [
+                    check_vector(it.vector, self.manifest.embed_dim, f"item {i}")
+                    for i, it in enumerate(items)
+                ]
+            )  # fmt: skip
             if all(has_vectors)
             else await self._embed_items(items, source, truncate)
         )
@@ -357,7 +380,7 @@ class IndexService:
             pid: Point(pid, vec, _stored_payload(it))
             for pid, vec, it in zip(ids, vectors, items, strict=True)
         }
-        return Prepared(name, list(points.values()), ids, self.manifest.version)
+        return Prepared(name, list(points.values()), ids, self.manifest.version, create)
 
     async def _embed_items(
         self, items: Sequence[UpsertItem], source: str, truncate: bool

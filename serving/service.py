@@ -255,4 +255,3 @@ def _server_version() -> str:
         return importlib.metadata.version("clipserve")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
-

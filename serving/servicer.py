@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving import convert
@@ -114,7 +115,9 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
         self, request: pb.ListCollectionsRequest, context: Any
     ) -> pb.ListCollectionsResponse:
         infos = await self.index.list_collections()
-        return pb.ListCollectionsResponse(collections=[convert.collection_to_proto(c) for c in infos])
+        return pb.ListCollectionsResponse(
+            collections=[convert.collection_to_proto(c) for c in infos]
+        )
 
     @_rpc
     async def CreateCollection(

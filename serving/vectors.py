@@ -16,7 +16,9 @@ def check_vector(vector: Sequence[float] | np.ndarray | None, dim: int, what: st
     NaN/inf values or no direction."""
     vec = np.asarray(vector if vector is not None else [], dtype=np.float32).reshape(-1)
     if vec.shape[0] != dim:
-        raise InvalidInput(f"{what} vector has {vec.shape[0]} values; this model's dimension is {dim}")
+        raise InvalidInput(
+            f"{what} vector has {vec.shape[0]} values; this model's dimension is {dim}"
+        )
     if not np.all(np.isfinite(vec)):
         raise InvalidInput(f"{what} vector contains NaN or infinite values")
     norm = float(np.linalg.norm(vec))
@@ -40,9 +42,7 @@ def pool(vectors: np.ndarray, weights: Sequence[float] | None = None) -> np.ndar
     return (mean / norm).astype(np.float32)
 
 
-def mmr(
-    query: np.ndarray, candidates: np.ndarray, k: int, diversity: float
-) -> list[int]:
+def mmr(query: np.ndarray, candidates: np.ndarray, k: int, diversity: float) -> list[int]:
     """Maximal marginal relevance (Carbonell & Goldstein, 1998): pick `k` of the unit rows of
     `candidates` [N, dim] greedily, each maximising
     (1 - diversity) * sim(query, c) - diversity * max sim(c, already picked).

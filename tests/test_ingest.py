@@ -75,7 +75,10 @@ def test_manifest_sources_turn_bad_rows_into_rejects(tmp_path: Path) -> None:
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     items = list(Source(tmp_path / "m.jsonl").items())
     assert len(items) == 6 == len(Source(tmp_path / "m.jsonl"))
-    assert items[0].image_path == tmp_path / "a.png" and items[0].payload == {"id": "a", "labels": "x|y"}
+    assert items[0].image_path == tmp_path / "a.png" and items[0].payload == {
+        "id": "a",
+        "labels": "x|y",
+    }
     assert items[1].image_path is None and items[1].caption == "only text"
     assert items[2].image_bytes == png(2)
     assert "invalid JSON" in (items[3].error or "") and items[3].key == "line 4"
@@ -170,8 +173,10 @@ def test_pooled_collection_stores_the_normalised_mean_of_image_and_caption(
     assert index_main([str(tmp_path / "m.jsonl"), "--bundle", str(tiny_bundle), "--index-path",
                        str(tmp_path / "index"), "--collection", "pooled", "--vector-source",
                        "pooled", "--journal", str(tmp_path / "j"), "--no-progress"]) == 0  # fmt: skip
-    reasons = [json.loads(x)["reason"] for x in (tmp_path / "j.rejects.jsonl").read_text().splitlines()]
-    assert len(reasons) == 1 and "pools image and caption" in reasons[0]
+    reasons = [
+        json.loads(x)["reason"] for x in (tmp_path / "j.rejects.jsonl").read_text().splitlines()
+    ]
+    assert len(reasons) == 1 and "stores pooled vectors; send an image" in reasons[0]
     config = ServerConfig(bundle=tiny_bundle, port=0, index_path=tmp_path / "index")
     bg = BackgroundServer(config)
     try:
@@ -210,7 +215,9 @@ def test_ingest_through_a_busy_server_retries_and_loses_nothing(
                            "--retries", "30"]) == 0  # fmt: skip
         out = capsys.readouterr().out
         assert "items: 41/41 done" in out and "rejected: 1" in out
-        expected = {image_id(png(i)) for i in range(30)} | {text_id(f"text item {i}") for i in range(10)}
+        expected = {image_id(png(i)) for i in range(30)} | {
+            text_id(f"text item {i}") for i in range(10)
+        }
         got = {p.id for p in bg.client.scroll_all(collection="clipserve")}
         assert got == expected and bg.client.count() == 40
     finally:
