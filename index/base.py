@@ -269,11 +269,19 @@ def check_scroll_args(limit: int, page_token: str | None) -> str | None:
 
 
 def delete_filter(ids: Sequence[str] | None, filter: Filter | None) -> Filter:
-    """The one filter a delete by ids and/or filter runs: ids AND filter."""
-    if ids is None and filter is None:
-        raise ValueError("delete needs ids, a filter, or both")
+    """The one filter a delete by ids and/or filter runs: ids AND filter.
+
+    An empty filter without ids is refused rather than deleting every point: a client that
+    forgot to set its filter must not wipe the collection (drop it instead).
+    """
     if isinstance(ids, str):
         raise ValueError("ids must be a list of ids, not one string")
+    if filter is not None and filter.is_empty():
+        filter = None
+    if ids is None and filter is None:
+        raise ValueError(
+            "delete needs ids or a non-empty filter (to delete everything, drop the collection)"
+        )
     conditions: list[Filter | HasId] = []
     if ids is not None:
         conditions.append(HasId(tuple(ids)))
@@ -282,9 +290,27 @@ def delete_filter(ids: Sequence[str] | None, filter: Filter | None) -> Filter:
     return Filter(must=tuple(conditions))
 
 
-def neighbour_filter(point_id: str, filter: Filter | None) -> Filter:
-    """`filter` AND "not the point itself", for searches by a stored point."""
-    return Filter(must=(filter,) if filter is not None else (), must_not=(HasId((point_id,)),))
+def neighbours(
+    index: VectorIndex,
+    name: str,
+    point_id: str,
+    top_k: int,
+    filter: Filter | None,
+    score_threshold: float | None,
+    exact: bool,
+) -> list[Hit]:
+    """`search_by_id` for every implementation: the stored point's vector, searched with
+    `filter` AND "not the point itself", in the collection `name` names now."""
+    collection = index.resolve(name)
+    found = index.retrieve(collection, [point_id])
+    if not found:
+        raise PointNotFound(f"point {point_id!r} is not in collection {collection!r}")
+    not_self = Filter(
+        must=(filter,) if filter is not None else (), must_not=(HasId((found[0].id,)),)
+    )
+    return index.search(
+        collection, found[0].vector, top_k, not_self, score_threshold=score_threshold, exact=exact
+    )
 
 
 def to_point(record: Any) -> Point:

@@ -48,7 +48,6 @@ from clipserve.index.base import (
     Filter,
     Hit,
     Point,
-    PointNotFound,
     Provenance,
     as_vector,
     check_collection_name,
@@ -57,13 +56,14 @@ from clipserve.index.base import (
     check_scroll_args,
     check_search_args,
     delete_filter,
-    neighbour_filter,
+    neighbours,
     ordered_points,
     to_hit,
     to_point,
 )
 from clipserve.index.collections import creation_provenance
 from clipserve.index.edge_builder import BuildTrigger
+from clipserve.index.edge_collection import EdgeCollection
 from clipserve.index.edge_filters import edge_filter
 from clipserve.index.edge_meta import (
     EdgeMeta,
@@ -73,23 +73,10 @@ from clipserve.index.edge_meta import (
     read_meta,
     write_meta,
 )
+from clipserve.index.edge_rebuild import clean_stale, rebuild
 from clipserve.index.ids import canonical_id
 
 _DROPPED_PREFIX = ".dropped-"
-
-
-class _Collection:
-    def __init__(self, name: str, meta: EdgeMeta, shard: qe.EdgeShard) -> None:
-        self.name = name
-        self.meta = meta
-        self.shard = shard
-        self.dim = meta.dim
-        self.builder: BuildTrigger | None = None
-
-    def search_params(self, exact: bool) -> qe.SearchParams:
-        s = self.meta.settings
-        quant = qe.QuantizationSearchParams(rescore=True) if s.int8_quantization else None
-        return qe.SearchParams(hnsw_ef=s.hnsw_ef_search, exact=exact, quantization=quant)
 
 
 class EdgeIndex:
@@ -126,7 +113,7 @@ class EdgeIndex:
         self._fsync = fsync
         self._background_build = background_build
         self._lock = threading.RLock()
-        self._open: dict[str, _Collection] = {}
+        self._open: dict[str, EdgeCollection] = {}
         self._aliases = AliasTable(self._root)
         self._closed = False
 
@@ -187,7 +174,7 @@ class EdgeIndex:
                 coll.builder.close()
             self._aliases.drop_target(name)
             del self._open[name]
-            coll.shard.close()
+            coll.close()
             trash = self._root / f"{_DROPPED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
             os.replace(self._root / name, trash)
             shutil.rmtree(trash, ignore_errors=True)
@@ -237,14 +224,18 @@ class EdgeIndex:
         prepared = [
             (canonical_id(p.id), as_vector(p.vector, coll.dim), dict(p.payload)) for p in points
         ]
-        for start in range(0, len(prepared), self._batch_size):
-            batch = prepared[start : start + self._batch_size]
-            coll.shard.update(
-                qe.UpdateOperation.upsert_points([qe.Point(i, v, pl) for i, v, pl in batch])
-            )
-        if prepared and self._fsync:
-            coll.shard.flush()
-        if coll.builder is not None and prepared:
+        if not prepared:
+            return
+        with coll.write_lock, coll.using() as shard:
+            for start in range(0, len(prepared), self._batch_size):
+                batch = prepared[start : start + self._batch_size]
+                shard.update(
+                    qe.UpdateOperation.upsert_points([qe.Point(i, v, pl) for i, v, pl in batch])
+                )
+            if self._fsync:
+                shard.flush()
+            coll.note_ids([i for i, _, _ in prepared])
+        if coll.builder is not None:
             coll.builder.note_writes(len(prepared))
 
     def delete(
@@ -252,11 +243,13 @@ class EdgeIndex:
     ) -> None:
         flt = edge_filter(delete_filter(ids, filter))
         coll = self._get(name)
-        if flt is None:  # only an explicitly empty id list gets here: nothing to delete
+        if flt is None:  # cannot happen: delete_filter always returns a condition
             return
-        coll.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
-        if self._fsync:
-            coll.shard.flush()
+        with coll.write_lock, coll.using() as shard:
+            shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+            if self._fsync:
+                shard.flush()
+            coll.note_filter(flt)
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> list[Point]:
         """Stored points for `ids`, in the order asked, each once; unknown ids are left out.
@@ -267,12 +260,14 @@ class EdgeIndex:
         wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
         if not wanted:
             return []
-        records = coll.shard.retrieve(wanted, with_payload=True, with_vector=with_vectors)
+        with coll.using() as shard:
+            records = shard.retrieve(wanted, with_payload=True, with_vector=with_vectors)
         return ordered_points(wanted, records)
 
     def count(self, name: str, filter: Filter | None = None, exact: bool = True) -> int:
         request = qe.CountRequest(exact=exact, filter=edge_filter(filter))
-        return int(self._get(name).shard.count(request))
+        with self._get(name).using() as shard:
+            return int(shard.count(request))
 
     def scroll(
         self,
@@ -284,15 +279,16 @@ class EdgeIndex:
     ) -> tuple[list[Point], str | None]:
         offset = check_scroll_args(limit, page_token)
         coll = self._get(name)
-        records, next_id = coll.shard.scroll(
-            qe.ScrollRequest(
-                offset=offset,
-                limit=limit,
-                filter=edge_filter(filter),
-                with_payload=True,
-                with_vector=with_vectors,
+        with coll.using() as shard:
+            records, next_id = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=limit,
+                    filter=edge_filter(filter),
+                    with_payload=True,
+                    with_vector=with_vectors,
+                )
             )
-        )
         return [to_point(r) for r in records], None if next_id is None else str(next_id)
 
     def search(
@@ -319,7 +315,9 @@ class EdgeIndex:
             with_vector=with_vectors,
             params=coll.search_params(exact or self._exact),
         )
-        return [to_hit(p, with_vectors) for p in coll.shard.query(request)]
+        with coll.using() as shard:
+            found = shard.query(request)
+        return [to_hit(p, with_vectors) for p in found]
 
     def search_by_id(
         self,
@@ -331,18 +329,7 @@ class EdgeIndex:
         score_threshold: float | None = None,
         exact: bool = False,
     ) -> list[Hit]:
-        collection = self.resolve(name)
-        found = self.retrieve(collection, [point_id])
-        if not found:
-            raise PointNotFound(f"point {point_id!r} is not in collection {collection!r}")
-        return self.search(
-            collection,
-            found[0].vector,
-            top_k,
-            neighbour_filter(found[0].id, filter),
-            score_threshold=score_threshold,
-            exact=exact,
-        )
+        return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
 
     def close(self) -> None:
         """Wait for running HNSW builds, then flush and close every open shard. Idempotent;
@@ -353,7 +340,7 @@ class EdgeIndex:
         for coll in colls:
             if coll.builder is not None:
                 coll.builder.close()
-            coll.shard.close()  # close() flushes
+            coll.close()
 
     # --- Edge-only extras ---
 
@@ -361,13 +348,16 @@ class EdgeIndex:
         """Index payload field `key` ("keyword", "integer", "float" or "bool"). Idempotent."""
         op = payload_index_op(key, kind)
         coll = self._get(name)
-        coll.shard.update(op)
-        if self._fsync:
-            coll.shard.flush()
+        with coll.write_lock, coll.using() as shard:
+            shard.update(op)
+            if self._fsync:
+                shard.flush()
 
     def optimize(self, name: str) -> bool:
-        """Merge segments and build the HNSW graph now (blocking). True if anything changed."""
-        return bool(self._get(name).shard.optimize())
+        """Merge segments and build the HNSW graph now, in this process (blocking, and holding
+        the GIL throughout: see `edge_builder`). True if anything changed."""
+        with self._get(name).using() as shard:
+            return bool(shard.optimize())
 
     def wait_for_build(self, name: str, timeout: float | None = None) -> bool:
         """Wait for a background HNSW build of `name`; True when none is running."""
@@ -376,7 +366,8 @@ class EdgeIndex:
 
     def indexed_count(self, name: str) -> int:
         """Points of `name` that are in an HNSW graph (the rest are scanned in full)."""
-        return int(self._get(name).shard.info().indexed_vectors_count)
+        with self._get(name).using() as shard:
+            return int(shard.info().indexed_vectors_count)
 
     def __enter__(self) -> EdgeIndex:
         return self
@@ -390,7 +381,7 @@ class EdgeIndex:
         if self._closed:
             raise RuntimeError("EdgeIndex is closed")
 
-    def _get(self, name: str) -> _Collection:
+    def _get(self, name: str) -> EdgeCollection:
         target = self._aliases.get(name) or name
         coll = self._open.get(target)
         if coll is not None and not self._closed:
@@ -405,18 +396,22 @@ class EdgeIndex:
                 coll = self._open_shard(target, read_meta(self._root / target))
             return coll
 
-    def _create(self, name: str, meta: EdgeMeta) -> _Collection:
+    def _create(self, name: str, meta: EdgeMeta) -> EdgeCollection:
         cdir = self._root / name
         cdir.mkdir(exist_ok=True)
         write_meta(cdir, meta)
         coll = self._open_shard(name, meta)
-        for key, kind in meta.settings.payload_schema:
-            coll.shard.update(payload_index_op(key, kind))
-        coll.shard.flush()
+        with coll.using() as shard:
+            for key, kind in meta.settings.payload_schema:
+                shard.update(payload_index_op(key, kind))
+            shard.flush()
         return coll
 
-    def _open_shard(self, name: str, meta: EdgeMeta) -> _Collection:
-        sdir = self._root / name / meta.shard
+    def _open_shard(self, name: str, meta: EdgeMeta) -> EdgeCollection:
+        cdir = self._root / name
+        if cdir.exists():
+            clean_stale(cdir, meta.shard)
+        sdir = cdir / meta.shard
         config = edge_config(meta.dim, meta.settings)
         try:
             if sdir.exists():
@@ -428,21 +423,24 @@ class EdgeIndex:
             raise RuntimeError(
                 f"cannot open edge shard {sdir} (another process may hold it): {exc}"
             ) from exc
-        coll = _Collection(name, meta, shard)
+        coll = EdgeCollection(name, meta, shard)
         threshold = meta.settings.hnsw_build_threshold
         if self._background_build and threshold > 0:
             info = shard.info()
             pending = max(0, int(info.points_count) - int(info.indexed_vectors_count))
-            coll.builder = BuildTrigger(name, threshold, shard.optimize, pending)
-            coll.builder.note_writes(0)  # a reopened collection past its threshold builds now
+            builder = BuildTrigger(
+                name, threshold, lambda stop: rebuild(coll, cdir, stop, self._fsync), pending
+            )
+            coll.builder = builder
+            builder.note_writes(0)  # a reopened collection past its threshold builds now
         self._open[name] = coll
         return coll
 
-    def _info(self, coll: _Collection) -> CollectionInfo:
+    def _info(self, coll: EdgeCollection) -> CollectionInfo:
         aliases = tuple(sorted(a for a, c in self._aliases.snapshot().items() if c == coll.name))
         return CollectionInfo(
             name=coll.name,
-            count=int(coll.shard.count(qe.CountRequest(exact=True))),
+            count=self.count(coll.name),
             provenance=coll.meta.provenance,
             settings=coll.meta.settings,
             aliases=aliases,

@@ -1,16 +1,15 @@
-"""When to build an embedded collection's HNSW graph, on a background thread.
+"""When to rebuild an embedded collection's HNSW graph, on a background thread.
 
-The engine has no optimiser of its own: `EdgeShard.optimize()` builds the graph when called. A
-`BuildTrigger` counts points written since the last build and, once they reach the collection's
-`hnsw_build_threshold`, runs the build on a daemon thread; writes arriving meanwhile are counted
+The engine has no optimiser of its own: the graph is built when asked. A `BuildTrigger` counts
+points written since the last build and, once they reach the collection's `hnsw_build_threshold`,
+runs the build (`edge_rebuild.rebuild`) on a daemon thread; writes arriving meanwhile are counted
 for the next round, which starts as soon as this one ends if they reach the threshold again.
 
-Measured with qdrant_edge 0.9: the engine is internally synchronised, so queries and upserts
-made during `optimize()` succeed and see every acknowledged write (tests/test_index_build.py
-checks this while a build runs), but `optimize()` holds the Python GIL for its whole run, so
-other Python threads of the process (gRPC workers included) make no progress until it returns:
-they wait, they do not fail. The build of 10k x 64-d points takes ~30 s on the shared 2-core
-test machine, scaling roughly with n log n and the dimension. See docs/benchmarks.md.
+Measured with qdrant_edge 0.9: `EdgeShard.optimize()` holds the Python GIL for its whole run
+(10k x 64-d points: ~30 s on the shared 2-core machine, during which another Python thread ran
+once), so calling it on a thread of the serving process would stall every gRPC worker. The
+rebuild therefore runs the engine's build in a subprocess on an exported copy and swaps the new
+shard in; this thread only waits on it.
 """
 
 from __future__ import annotations
@@ -28,13 +27,18 @@ class BuildTrigger:
     Args:
         name: the collection, for log lines and the thread's name.
         threshold: points written since the last build that start the next one; 0 = never.
-        build: the blocking build (the engine's optimize); an exception is logged and kept in
-            `last_error`, and the next write past the threshold tries again.
+        build: the blocking build, given an Event that `close()` sets to ask it to stop early;
+            an exception is logged and kept in `last_error`, and the next write past the
+            threshold tries again.
         pending: points already written but not yet in the graph (when reopening).
     """
 
     def __init__(
-        self, name: str, threshold: int, build: Callable[[], object], pending: int = 0
+        self,
+        name: str,
+        threshold: int,
+        build: Callable[[threading.Event], object],
+        pending: int = 0,
     ) -> None:
         self._name = name
         self._threshold = threshold
@@ -43,6 +47,7 @@ class BuildTrigger:
         self._pending = pending
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stop = threading.Event()
         self.builds = 0
         self.last_error: BaseException | None = None
 
@@ -65,9 +70,10 @@ class BuildTrigger:
         return not self.building
 
     def close(self) -> None:
-        """Start no further builds and wait for the running one (the engine cannot cancel it)."""
+        """Start no further builds; stop the running one and wait for it."""
         with self._lock:
             self._closed = True
+        self._stop.set()
         self.wait()
 
     def _maybe_start(self) -> None:  # caller holds _lock
@@ -85,10 +91,12 @@ class BuildTrigger:
         while True:
             try:
                 log.info("collection %r: building the HNSW graph", self._name)
-                self._build()
+                self._build(self._stop)
                 self.builds += 1
                 self.last_error = None
             except Exception as exc:  # keep serving: search stays exact until a build succeeds
+                if self._stop.is_set():
+                    return
                 log.exception("collection %r: HNSW build failed", self._name)
                 self.last_error = exc
             with self._lock:

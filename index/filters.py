@@ -36,8 +36,10 @@ class BadFilter(ValueError):
 
 
 def _check_key(key: object, what: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise BadFilter(f"{what}: key must be a non-empty string, got {key!r}")
+    if not isinstance(key, str):
+        raise BadFilter(f"{what}: key must be a string, got {key!r}")
+    if not key:
+        raise BadFilter(f"{what}: key is empty")
 
 
 def _is_number(v: object) -> bool:

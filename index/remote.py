@@ -4,9 +4,8 @@ The client is either built from `url` (gRPC preferred, API key, TLS) or injected
 tests run this code against `QdrantClient(":memory:")` or `QdrantClient(path=...)`
 (qdrant-client's local mode: the same client API over a pure-Python engine, always exact).
 
-Settings and provenance live in the collection's metadata under "clipserve" (Qdrant >= 1.16), in
-the same JSON as the embedded engine's collection.json; the HNSW and quantisation settings are
-also applied to the server's collection config. Aliases are Qdrant's own: a switch is one
+Settings and provenance live in the collection's metadata (see `remote_admin`). Aliases are
+Qdrant's own: a switch is one
 `update_collection_aliases` request (delete + create), which the server applies atomically, and
 the server resolves an alias on every call, so point calls pass names through unchanged.
 
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from clipserve.index import remote_admin
 from clipserve.index.base import (
     AliasNotFound,
     CollectionExists,
@@ -36,7 +36,6 @@ from clipserve.index.base import (
     Filter,
     Hit,
     Point,
-    PointNotFound,
     Provenance,
     as_vector,
     check_collection_name,
@@ -45,7 +44,7 @@ from clipserve.index.base import (
     check_scroll_args,
     check_search_args,
     delete_filter,
-    neighbour_filter,
+    neighbours,
     ordered_points,
     to_hit,
     to_point,
@@ -53,14 +52,6 @@ from clipserve.index.base import (
 from clipserve.index.collections import creation_provenance
 from clipserve.index.ids import canonical_id
 from clipserve.index.remote_filters import remote_filter
-
-_META_KEY = "clipserve"
-_SCHEMA = {
-    "keyword": models.PayloadSchemaType.KEYWORD,
-    "integer": models.PayloadSchemaType.INTEGER,
-    "float": models.PayloadSchemaType.FLOAT,
-    "bool": models.PayloadSchemaType.BOOL,
-}
 
 
 class RemoteIndex:
@@ -140,7 +131,10 @@ class RemoteIndex:
             if self._client.collection_exists(name):
                 raise CollectionExists(f"collection {name!r} exists already")
             try:
-                self._create(name, dim, settings, provenance)
+                remote_admin.create_collection(
+                    self._client, name, dim, settings, provenance, not self._is_local
+                )
+                self._meta[name] = (dim, settings)
             except Exception:
                 if self._client.collection_exists(name):  # lost a race with another creator
                     raise CollectionExists(f"collection {name!r} exists already") from None
@@ -179,11 +173,7 @@ class RemoteIndex:
                 raise ValueError(f"{name!r} is an alias; drop_collection takes a collection name")
             if not self._client.collection_exists(name):
                 raise CollectionNotFound(f"collection {name!r} does not exist")
-            ops = [
-                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=a))
-                for a, c in self.aliases().items()
-                if c == name
-            ]
+            ops = [remote_admin.delete_alias_op(a) for a, c in self.aliases().items() if c == name]
             if ops:
                 self._client.update_collection_aliases(change_aliases_operations=ops)
             self._client.delete_collection(name)
@@ -198,15 +188,14 @@ class RemoteIndex:
         target = self.resolve(name)
         aliases = self.aliases()
         with self._local_lock, self._not_found_as(target):
-            info = self._client.get_collection(target)
+            config = self._client.get_collection(target).config
             count = int(self._client.count(target, exact=True).count)
-        stored = (info.config.metadata or {}).get(_META_KEY) or {}
-        prov = stored.get("provenance")
+        _, settings, provenance = remote_admin.stored_meta(target, config)
         return CollectionInfo(
             name=target,
             count=count,
-            provenance=Provenance.from_dict(prov) if prov else None,
-            settings=CollectionSettings.from_dict(stored.get("settings") or {}),
+            provenance=provenance,
+            settings=settings,
             aliases=tuple(sorted(a for a, c in aliases.items() if c == target)),
         )
 
@@ -227,18 +216,10 @@ class RemoteIndex:
             if not self._client.collection_exists(collection):
                 raise CollectionNotFound(f"collection {collection!r} does not exist")
             previous = current.get(alias)
-            ops: list[Any] = []
-            if previous is not None:
-                ops.append(
-                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
-                )
-            ops.append(
-                models.CreateAliasOperation(
-                    create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)
-                )
-            )
             # One request: the server applies the delete and the create atomically.
-            self._client.update_collection_aliases(change_aliases_operations=ops)
+            self._client.update_collection_aliases(
+                change_aliases_operations=remote_admin.switch_alias_ops(alias, collection, previous)
+            )
             self._meta.pop(alias, None)
             return previous
 
@@ -248,9 +229,7 @@ class RemoteIndex:
             if alias not in self.aliases():
                 raise AliasNotFound(f"alias {alias!r} does not exist")
             self._client.update_collection_aliases(
-                change_aliases_operations=[
-                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
-                ]
+                change_aliases_operations=[remote_admin.delete_alias_op(alias)]
             )
             self._meta.pop(alias, None)
 
@@ -374,18 +353,7 @@ class RemoteIndex:
         score_threshold: float | None = None,
         exact: bool = False,
     ) -> list[Hit]:
-        collection = self.resolve(name)
-        found = self.retrieve(collection, [point_id])
-        if not found:
-            raise PointNotFound(f"point {point_id!r} is not in collection {collection!r}")
-        return self.search(
-            collection,
-            found[0].vector,
-            top_k,
-            neighbour_filter(found[0].id, filter),
-            score_threshold=score_threshold,
-            exact=exact,
-        )
+        return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
 
     def close(self) -> None:
         """Close the client if this object built it. Idempotent."""
@@ -396,11 +364,21 @@ class RemoteIndex:
 
     def create_payload_index(self, name: str, key: str, kind: str) -> None:
         """Index payload field `key` ("keyword", "integer", "float" or "bool"). Idempotent."""
-        if kind not in _SCHEMA:
-            raise ValueError(f"payload index type must be one of {sorted(_SCHEMA)}, got {kind!r}")
+        if kind not in remote_admin.PAYLOAD_SCHEMA:
+            raise ValueError(
+                f"payload index type must be one of {sorted(remote_admin.PAYLOAD_SCHEMA)}, "
+                f"got {kind!r}"
+            )
         check_collection_name(name)
         with self._local_lock, self._not_found_as(name):
-            self._client.create_payload_index(name, key, field_schema=_SCHEMA[kind], wait=True)
+            self._payload_index(name, key, kind)
+
+    def _payload_index(self, name: str, key: str, kind: str) -> None:
+        if self._is_local:
+            self._client.get_collection(name)  # no effect in local mode; still check it exists
+            return
+        schema = remote_admin.PAYLOAD_SCHEMA[kind]
+        self._client.create_payload_index(name, key, field_schema=schema, wait=True)
 
     def __enter__(self) -> RemoteIndex:
         return self
@@ -409,38 +387,6 @@ class RemoteIndex:
         self.close()
 
     # --- internals ---
-
-    def _create(
-        self, name: str, dim: int, settings: CollectionSettings, prov: Provenance | None
-    ) -> None:
-        quant = (
-            models.ScalarQuantization(
-                scalar=models.ScalarQuantizationConfig(
-                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
-                )
-            )
-            if settings.int8_quantization
-            else None
-        )
-        self._client.create_collection(
-            name,
-            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-            hnsw_config=models.HnswConfigDiff(
-                m=settings.hnsw_m,
-                ef_construct=settings.hnsw_ef_construct,
-                full_scan_threshold=settings.full_scan_threshold,
-            ),
-            quantization_config=quant,
-            metadata={
-                _META_KEY: {
-                    "settings": settings.to_dict(),
-                    "provenance": prov.to_dict() if prov else None,
-                }
-            },
-        )
-        for key, kind in settings.payload_schema:
-            self._client.create_payload_index(name, key, field_schema=_SCHEMA[kind], wait=True)
-        self._meta[name] = (dim, settings)
 
     def _vectors(self, name: str, vectors: Sequence[Any]) -> list[np.ndarray]:
         """Vectors checked against the collection's dimension (refreshed once on a mismatch)."""
@@ -473,13 +419,8 @@ class RemoteIndex:
     def _fetch_meta(self, name: str) -> tuple[int, CollectionSettings]:
         with self._local_lock, self._not_found_as(name):
             config = self._client.get_collection(name).config
-        params = config.params.vectors
-        if not isinstance(params, models.VectorParams):
-            raise ValueError(f"collection {name!r} uses named vectors; clipserve needs one vector")
-        if params.distance != models.Distance.COSINE:
-            raise ValueError(f"collection {name!r} uses {params.distance}, clipserve needs cosine")
-        stored = (config.metadata or {}).get(_META_KEY) or {}
-        meta = (params.size, CollectionSettings.from_dict(stored.get("settings") or {}))
+        dim, settings, _ = remote_admin.stored_meta(name, config)
+        meta = (dim, settings)
         self._meta[name] = meta
         return meta
 

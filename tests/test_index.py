@@ -6,6 +6,7 @@ Results are checked against a brute-force numpy reference, and the two engines a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -19,11 +20,15 @@ from qdrant_client import QdrantClient
 
 from clipserve.index.base import (
     CollectionNotFound,
+    CollectionSettings,
     DimensionMismatch,
     FieldMatch,
     Filter,
     Point,
+    Provenance,
+    ProvenanceMismatch,
     VectorIndex,
+    require_model,
 )
 from clipserve.index.edge import EdgeIndex
 from clipserve.index.factory import open_index
@@ -416,3 +421,139 @@ def test_remote_leaves_an_injected_client_open() -> None:
     client.close()
     with pytest.raises(ValueError, match="url or a client"):
         RemoteIndex()
+
+
+# --- aliases, provenance, settings ---
+
+
+def test_alias_switch_under_query_load_never_mixes(index: VectorIndex) -> None:
+    # Two generations with disjoint ids: every answer must come wholly from one of them.
+    for gen in (1, 2):
+        name = f"gen{gen}"
+        index.create_collection(name, DIM, provenance=Provenance(f"v{gen}", "tiny", DIM))
+        index.upsert(
+            name, [Point(text_id(f"g{gen} {i}"), VECTORS[i], {"gen": gen}) for i in range(60)]
+        )
+    index.set_alias("live", "gen1")
+    seen: set[int] = set()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def query_loop() -> None:
+        try:
+            while not stop.is_set():
+                gens = {h.payload["gen"] for h in index.search("live", QUERIES[0], 10)}
+                assert len(gens) == 1, f"mixed answer: {gens}"
+                seen.update(gens)
+        except BaseException as exc:
+            errors.append(exc)
+
+    readers = [threading.Thread(target=query_loop) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for k in range(40):
+        previous = index.set_alias("live", "gen2" if k % 2 == 0 else "gen1")
+        assert previous == ("gen1" if k % 2 == 0 else "gen2")
+        for _ in range(3):
+            # Let a reader in between switches: the GIL would otherwise keep them out.
+            gens = {h.payload["gen"] for h in index.search("live", QUERIES[1], 5)}
+            assert gens == {2 if k % 2 == 0 else 1}
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert seen  # the readers answered
+
+
+def test_require_model_resolves_once_and_refuses_foreign_vectors(index: VectorIndex) -> None:
+    index.create_collection("made_by_v1", DIM, provenance=Provenance("v1", "tiny", DIM))
+    index.set_alias("live", "made_by_v1")
+    assert require_model(index, "live", "v1") == "made_by_v1"
+    with pytest.raises(ProvenanceMismatch, match="'v1'.*'v2'"):
+        require_model(index, "live", "v2")
+    with pytest.raises(DimensionMismatch):
+        index.create_collection("wrong", DIM, provenance=Provenance("v1", "tiny", DIM + 1))
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="hnsw_m"):
+        CollectionSettings(hnsw_m=0)
+    with pytest.raises(ValueError, match="vector_source"):
+        CollectionSettings(vector_source="audio")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="payload_schema"):
+        CollectionSettings(payload_schema=(("k", "geo"),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="twice"):
+        CollectionSettings(payload_schema=(("k", "keyword"), ("k", "integer")))
+    with pytest.raises(ValueError, match="model_version"):
+        Provenance("", "tiny", DIM)
+    s = CollectionSettings(payload_schema=[["k", "keyword"]])  # type: ignore[list-item]
+    assert CollectionSettings.from_dict(s.to_dict()) == s
+
+
+def test_edge_aliases_and_provenance_persist(tmp_path: Path) -> None:
+    with EdgeIndex(tmp_path) as idx:
+        idx.create_collection(COLL, DIM, provenance=Provenance("v1", "tiny", DIM))
+        idx.upsert(COLL, POINTS[:10])
+        idx.set_alias("live", COLL)
+    with EdgeIndex(tmp_path) as idx:
+        assert idx.aliases() == {"live": COLL}
+        assert idx.count("live") == 10
+        prov = idx.provenance("live")
+        assert prov is not None and prov.model_version == "v1" and prov.created_at
+        with pytest.raises(ProvenanceMismatch):
+            idx.ensure_collection("live", DIM, provenance=Provenance("v2", "tiny", DIM))
+
+
+def test_edge_reads_format_1_collections(tmp_path: Path) -> None:
+    with EdgeIndex(tmp_path) as idx:
+        idx.ensure_collection(COLL, DIM)
+        idx.upsert(COLL, POINTS[:10])
+    # What the first release wrote: dimension only.
+    (tmp_path / COLL / "collection.json").write_text(
+        json.dumps({"format": 1, "dim": DIM, "distance": "cosine"})
+    )
+    with EdgeIndex(tmp_path) as idx:
+        info = idx.collection_info(COLL)
+        assert info.count == 10 and info.provenance is None
+        assert info.settings == CollectionSettings()
+        idx.ensure_collection(COLL, DIM, provenance=Provenance("v9", "tiny", DIM))  # accepted
+
+
+def test_edge_hnsw_int8_recall(tmp_path: Path) -> None:
+    # Clustered data, as embeddings are: HNSW over int8 (rescored) must still find the
+    # exact neighbours almost always.
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((20, DIM)).astype(np.float32)
+    data = centers[rng.integers(0, 20, 3000)] + 0.4 * rng.standard_normal((3000, DIM)).astype(
+        np.float32
+    )
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(len(data))]
+    settings = CollectionSettings(
+        hnsw_m=16, hnsw_ef_construct=64, full_scan_threshold=0, int8_quantization=True
+    )
+    with EdgeIndex(tmp_path, background_build=False) as idx:
+        idx.create_collection(COLL, DIM, settings)
+        idx.upsert(COLL, [Point(ids[i], data[i], {}) for i in range(len(data))])
+        idx.optimize(COLL)
+        assert idx.indexed_count(COLL) == len(data)
+        recall = []
+        for q in data[:40] + 0.05:
+            exact = [h.id for h in idx.search(COLL, q, 10, exact=True)]
+            approx = [h.id for h in idx.search(COLL, q, 10)]
+            reference = [ids[r] for r in np.argsort(-(data @ q), kind="stable")[:10]]
+            assert exact == reference
+            recall.append(len(set(approx) & set(reference)) / 10)
+        assert np.mean(recall) >= 0.9
+
+
+def test_open_index_passes_tls_and_grpc_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("clipserve.index.remote.QdrantClient", _FakeClient)
+    remote = open_index(url="https://qdrant.example:6333", api_key="k", https=True)
+    assert isinstance(remote, RemoteIndex)
+    client = remote._client
+    assert isinstance(client, _FakeClient)
+    assert client.kwargs["https"] is True and client.kwargs["prefer_grpc"] is True
+    remote.close()
+    with pytest.raises(ValueError, match="https"):
+        open_index(path="/tmp/x", https=True)
