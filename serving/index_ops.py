@@ -23,6 +23,7 @@ from clipserve.index.base import (
     CollectionSettings,
     DimensionMismatch,
     Filter,
+    HasId,
     Hit,
     Point,
     PointNotFound,
@@ -30,7 +31,6 @@ from clipserve.index.base import (
     ProvenanceMismatch,
     VectorIndex,
     check_model,
-    neighbour_filter,
 )
 from clipserve.index.ids import canonical_id
 from clipserve.serving.bundle import Manifest
@@ -187,7 +187,8 @@ class IndexOps:
 
     @staticmethod
     def without(point_id: str, filter: Filter | None) -> Filter:
-        return neighbour_filter(point_id, filter)
+        """`filter` AND "not the point itself" (for searches around a stored point)."""
+        return Filter(must=(filter,) if filter is not None else (), must_not=(HasId((point_id,)),))
 
     # -- internals ----------------------------------------------------------------------------
 
