@@ -27,7 +27,7 @@ test: $(STAMP)  ## run the whole test suite (unit + integration)
 lint: $(STAMP)  ## ruff lint + format check, mypy on hand-written code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy training serving index cli
+	$(BIN)/mypy training serving index cli ingest
 
 proto: $(STAMP)  ## regenerate the gRPC/protobuf stubs in proto/v1 from proto/v1/*.proto
 	$(BIN)/python -m clipserve.proto.generate

@@ -162,12 +162,15 @@ class Pipeline:
         points, rejects = 0, list(rejects)
         for item, upsert in good:  # one at a time: only the bad ones are rejected
             try:
-                one = self._with_retry(lambda u=upsert: self.target.prepare([u]))
-                points += self._with_retry(lambda p=one: self.target.write(p))
+                points += self._one(upsert)
             except BadInput as exc:
                 rejects.append(_reject(item, str(exc)))
         rejects.sort(key=lambda r: r["position"])
         return points, rejects
+
+    def _one(self, upsert: UpsertItem) -> int:
+        prepared = self._with_retry(lambda: self.target.prepare([upsert]))
+        return int(self._with_retry(lambda: self.target.write(prepared)))
 
     def _with_retry(self, fn: Callable[[], Any]) -> Any:
         def note(attempt: int, exc: Exception) -> None:

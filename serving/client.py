@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import numpy as np
@@ -38,7 +38,7 @@ def to_content(item: Item) -> pb.Content:
     raise TypeError(f"an item is a str (text) or bytes (encoded image), got {type(item).__name__}")
 
 
-FilterSpec = Mapping[str, Any] | pb.Filter
+FilterSpec: TypeAlias = Mapping[str, Any] | pb.Filter
 
 
 def to_filter(conditions: FilterSpec | None) -> pb.Filter | None:

@@ -118,7 +118,7 @@ class IndexOps:
         if version:
             self._check(name, self._provenance(name), version)
 
-    def list(self) -> list[CollectionInfo]:
+    def list_all(self) -> list[CollectionInfo]:
         with self._errors(""):
             return self.index.list_collections()
 

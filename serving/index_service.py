@@ -239,7 +239,7 @@ class IndexService:
     # -- collections ------------------------------------------------------------------------
 
     async def list_collections(self) -> list[CollectionInfo]:
-        return await self._run(self.ops.list)
+        return await self._run(self.ops.list_all)
 
     async def create_collection(
         self, name: str, settings: CollectionSettings, *, exist_ok: bool = False
