@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--restart", action="store_true", help="forget earlier progress")
     p.add_argument("--retries", type=int, default=8, help="attempts per call on transient errors")
+    p.add_argument("--intra-op-threads", type=int, default=None,
+                   help="ONNX Runtime threads (with --bundle); 1 is fastest on a busy machine")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -79,6 +81,7 @@ def open_target(args: argparse.Namespace, collection: str, settings: Any = None,
         bundle=args.bundle, index_path=args.index_path, qdrant_url=args.qdrant_url,
         qdrant_api_key=args.qdrant_api_key, collection=collection or "clipserve",
         max_batch=2 * batch_size, max_in_flight=1024,
+        intra_op_threads=getattr(args, "intra_op_threads", None),
     )  # fmt: skip
     return LocalTarget(config, config.collection, settings=settings)
 

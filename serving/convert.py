@@ -147,6 +147,7 @@ def query_result_to_proto(result: QueryResult) -> pb.QueryResponse:
         model_version=result.model_version,
         next_page_token=result.next_page_token,
         collection=result.collection,
+        query_truncated=result.query_truncated,
     )
 
 

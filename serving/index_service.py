@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -70,6 +71,7 @@ class Prepared:
     ids: list[str]  # one per request item, in order (duplicates collapse to one point)
     model_version: str
     create: bool = False  # the collection does not exist yet: the write creates it
+    truncations: list[tuple[int, int, int]] = field(default_factory=list)  # (item, orig, kept)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class QueryResult:
     collection: str  # the collection that answered (an alias resolved)
     model_version: str  # the model that made its vectors
     next_page_token: str = ""
+    query_truncated: bool = False
 
 
 class IndexService:
@@ -175,7 +178,7 @@ class IndexService:
             name, offset = await self._run(self._paging, spec)
             if spec.mmr is not None and offset:
                 raise InvalidInput("mmr: diversified results do not page; drop offset/page_token")
-            vec, filter = await self._query_vector(name, spec)
+            vec, filter, truncated = await self._query_vector(name, spec)
             limit = (
                 k
                 if spec.mmr is None
@@ -192,7 +195,7 @@ class IndexService:
             elif len(hits) == k:
                 token = encode_page_token(name, offset + k)
             version = await self._run(self.ops.model_version, name)
-            return QueryResult(hits, name, version, token)
+            return QueryResult(hits, name, version, token, truncated)
 
     async def get(self, collection: str, ids: Sequence[str], with_vectors: bool) -> GetResult:
         """Points by id, in request order; unknown ids are listed in `missing_ids`."""
@@ -286,8 +289,11 @@ class IndexService:
             return decode_page_token(spec.page_token)
         return self.ops.resolve(spec.collection), spec.offset
 
-    async def _query_vector(self, name: str, spec: QuerySpec) -> tuple[np.ndarray, Filter | None]:
-        """The query vector, and the filter to search with (a point query leaves itself out)."""
+    async def _query_vector(
+        self, name: str, spec: QuerySpec
+    ) -> tuple[np.ndarray, Filter | None, bool]:
+        """The query vector, the filter to search with (a point query leaves itself out), and
+        whether the query text was truncated."""
         given = [spec.content is not None, spec.vector is not None, bool(spec.point_id),
                  bool(spec.multi)]  # fmt: skip
         if sum(given) != 1:
@@ -297,15 +303,16 @@ class IndexService:
         if spec.vector is not None:
             vec = check_vector(spec.vector, self.manifest.embed_dim, "query")
             await self._run(self.ops.check_vector_model, name, spec.vector_model_version)
-            return vec, spec.filter
+            return vec, spec.filter, False
         if spec.point_id:
             pid, vec = await self._run(self.ops.point_vector, name, spec.point_id)
-            return vec, self.ops.without(pid, spec.filter)
+            return vec, self.ops.without(pid, spec.filter), False
         await self._run(self.ops.check_model, name)
         if spec.content is not None:
             _check_query_content(spec.content)
             try:
-                return (await self.embed([spec.content], truncate=spec.truncate))[0], spec.filter
+                vectors, cut = await self.embed([spec.content], truncate=spec.truncate)
+                return vectors[0], spec.filter, bool(cut)
             except InvalidInput as exc:
                 raise InvalidInput(str(exc).replace("input 0: ", "query: ", 1)) from None
         weights = [w for _, w in spec.multi]
@@ -315,10 +322,10 @@ class IndexService:
             if (c.text is None) == (c.image is None):
                 raise InvalidInput(f"multi part {j}: set exactly one of text or image")
         try:
-            vectors = await self.embed([c for c, _ in spec.multi], truncate=spec.truncate)
+            vectors, cut = await self.embed([c for c, _ in spec.multi], truncate=spec.truncate)
         except InvalidInput as exc:
             raise InvalidInput(str(exc).replace("input ", "multi part ", 1)) from None
-        return pool(vectors, weights), spec.filter
+        return pool(vectors, weights), spec.filter, bool(cut)
 
     def _diversify(
         self, name: str, query: np.ndarray, hits: list[Hit], k: int, diversity: float
@@ -364,27 +371,27 @@ class IndexService:
                     f"collection {name!r} takes vectors of model version {self.manifest.version!r} "
                     f"(this server's); these come from model version {vector_model_version!r}"
                 )
-        vectors = (
-            np.stack(
-                [
-                    check_vector(it.vector, self.manifest.embed_dim, f"item {i}")
-                    for i, it in enumerate(items)
-                ]
-            )  # fmt: skip
-            if all(has_vectors)
-            else await self._embed_items(items, source, truncate)
-        )
+        if all(has_vectors):
+            dim = self.manifest.embed_dim
+            vectors = np.stack(
+                [check_vector(it.vector, dim, f"item {i}") for i, it in enumerate(items)]
+            )
+            truncations: list[tuple[int, int, int]] = []
+        else:
+            vectors, truncations = await self._embed_items(items, source, truncate)
         ids = [_item_id(it, i) for i, it in enumerate(items)]
         # The same item twice in one request is one point: the last payload wins.
         points = {
             pid: Point(pid, vec, _stored_payload(it))
             for pid, vec, it in zip(ids, vectors, items, strict=True)
         }
-        return Prepared(name, list(points.values()), ids, self.manifest.version, create)
+        return Prepared(
+            name, list(points.values()), ids, self.manifest.version, create, truncations
+        )
 
     async def _embed_items(
         self, items: Sequence[UpsertItem], source: str, truncate: bool
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
         """One embed call for every content and caption the collection's `vector_source`
         needs, then each item's stored vector from its rows."""
         contents: list[Content] = []
@@ -393,16 +400,23 @@ class IndexService:
             wanted = _sources_for(it, source, i)
             rows.append(tuple(range(len(contents), len(contents) + len(wanted))))
             contents.extend(wanted)
-        embedded = await self.embed(contents, truncate=truncate)
-        return np.stack([pool(embedded[list(r)]) for r in rows])
+        embedded, cut = await self.embed(contents, truncate=truncate)
+        owner = {row: i for i, r in enumerate(rows) for row in r}
+        truncations = [(owner[row], original, kept) for row, original, kept in cut]
+        return np.stack([pool(embedded[list(r)]) for r in rows]), truncations
 
-    async def embed(self, contents: Sequence[Content], *, truncate: bool = False) -> np.ndarray:
-        """Vectors from the embedding path, float32 [N, dim] in input order."""
+    async def embed(
+        self, contents: Sequence[Content], *, truncate: bool = False
+    ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """Vectors from the embedding path, float32 [N, dim] in input order, and the
+        (input, original tokens, tokens kept) of every text it truncated."""
         if truncate:
+            if "truncate" not in inspect.signature(self.embedder.embed).parameters:
+                raise InvalidInput("truncate: this server's embedding path cannot truncate yet")
             result = await self.embedder.embed(contents, truncate=True)  # type: ignore[call-arg]
         else:
             result = await self.embedder.embed(contents)
-        return result.vectors
+        return result.vectors, list(getattr(result, "truncations", ()))
 
     @contextlib.asynccontextmanager
     async def _admit(self) -> AsyncIterator[None]:
@@ -418,6 +432,11 @@ class IndexService:
             self._in_flight -= 1
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on an index thread; through the embedding service's `index_call` when
+        it has one, so index failures count in the server's health like its own calls."""
+        index_call = getattr(self.embedder, "index_call", None)
+        if index_call is not None:
+            return cast(T, await index_call(fn, *args))
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:

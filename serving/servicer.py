@@ -72,9 +72,11 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
             truncate=request.truncate,
             vector_model_version=request.vector_model_version,
         )
-        return pb.UpsertResponse(
-            ids=done.ids, collection=done.collection, model_version=done.model_version
-        )
+        truncations = [
+            pb.Truncation(item=i, original_tokens=o, tokens=t) for i, o, t in done.truncations
+        ]
+        return pb.UpsertResponse(ids=done.ids, collection=done.collection,
+                                 model_version=done.model_version, truncations=truncations)  # fmt: skip
 
     @_rpc
     async def Query(self, request: pb.QueryRequest, context: Any) -> pb.QueryResponse:
