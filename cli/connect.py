@@ -7,11 +7,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import grpc
+
+from clipserve.index.errors import IndexError_
 from clipserve.serving.client import ClipServeClient
+from clipserve.serving.errors import ServingError
 
 
 def add_connect_args(p: argparse.ArgumentParser) -> None:
@@ -51,3 +57,26 @@ def connect(args: argparse.Namespace) -> Iterator[ClipServeClient]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+Main = Callable[[Sequence[str] | None], int]
+
+
+def reports_errors(prog: str) -> Callable[[Main], Main]:
+    """Failures a user can act on (a refused RPC, a missing collection, another model's
+    collection) end the command with one sentence and exit status 1, not a traceback."""
+
+    def wrap(main: Main) -> Main:
+        @functools.wraps(main)
+        def wrapper(argv: Sequence[str] | None = None) -> int:
+            try:
+                return int(main(argv))
+            except grpc.RpcError as exc:
+                print(f"{prog}: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            except (ServingError, IndexError_) as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 1
+
+        return wrapper
+
+    return wrap

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from clipserve.cli.connect import add_connect_args, connect
+from clipserve.cli.connect import add_connect_args, connect, reports_errors
 from clipserve.proto.v1 import clipserve_pb2 as pb
 
 VECTOR_SOURCES = ("content", "image", "text", "pooled")
@@ -52,21 +50,10 @@ def _typed(value: str) -> Any:
         return value
 
 
-def _rpc_errors(fn: Any) -> Any:
-    def wrapper(argv: Sequence[str] | None = None) -> int:
-        try:
-            return int(fn(argv))
-        except grpc.RpcError as exc:
-            print(f"clipserve: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
-
-    return wrapper
-
-
 # -- query ----------------------------------------------------------------------------------
 
 
-@_rpc_errors
+@reports_errors("clipserve query")
 def query_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clipserve query", description="Search a collection.")
     p.add_argument("text", nargs="?", help="a text query")
@@ -122,7 +109,7 @@ def query_main(argv: Sequence[str] | None = None) -> int:
 # -- collections ----------------------------------------------------------------------------
 
 
-@_rpc_errors
+@reports_errors("clipserve collections")
 def collections_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clipserve collections", description="Manage collections.")
     add_connect_args(p)
@@ -170,7 +157,7 @@ def collections_main(argv: Sequence[str] | None = None) -> int:
 # -- dedup ----------------------------------------------------------------------------------
 
 
-@_rpc_errors
+@reports_errors("clipserve dedup")
 def dedup_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="clipserve dedup",

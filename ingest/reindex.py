@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipserve.cli.connect import reports_errors
 from clipserve.ingest.journal import Journal
 from clipserve.ingest.pipeline import Pipeline, Summary
 from clipserve.ingest.retry import RetryPolicy
@@ -142,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_errors("clipserve reindex")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from clipserve.serving.config import ServerConfig

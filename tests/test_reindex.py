@@ -124,6 +124,13 @@ def test_reindex_command_refuses_to_switch_with_rejects_and_resumes(
     ingest(tiny_bundle, tmp_path / "index", tmp_path / "texts.jsonl", "docs_v1", tmp_path / "j2")
     with EdgeIndex(tmp_path / "index") as index:
         index.set_alias("docs", "docs_v1")
+    from clipserve.cli.main import main
+
+    base = ["--bundle", str(new_bundle), "--index-path", str(tmp_path / "index")]
+    assert main(["reindex", *base, "--alias", "nope"]) == 1
+    assert "'nope' does not exist" in capsys.readouterr().err
+    assert main(["reindex", *base, "--alias", "docs_v1"]) == 2  # a collection, not an alias
+    assert "is a collection, not an alias" in capsys.readouterr().err
     paths[7].unlink()  # its source is gone: it cannot be re-embedded
     args = ["--bundle", str(new_bundle), "--alias", "docs", "--index-path", str(tmp_path / "index"),
             "--journal-dir", str(tmp_path / "rj"), "--no-progress", "--batch-size", "8"]  # fmt: skip
