@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clipserve.cli.connect import reports_errors
 from clipserve.ingest.journal import Journal
 from clipserve.ingest.pipeline import Pipeline
 from clipserve.ingest.retry import RetryPolicy
@@ -86,6 +87,7 @@ def open_target(args: argparse.Namespace, collection: str, settings: Any = None,
     return LocalTarget(config, config.collection, settings=settings)
 
 
+@reports_errors("clipserve index")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = open_target(args, args.collection, settings, args.batch_size)
     try:
         run = {"source": str(source.path), "fingerprint": source.fingerprint(),
-               "target": args.server or str(args.index_path or args.qdrant_url),
+               "target": args.server or args.qdrant_url or str(Path(args.index_path).resolve()),
                "collection": target.collection}  # fmt: skip
         journal_path = args.journal or _default_journal(run)
         rejects_path = args.rejects or journal_path.with_suffix(".rejects.jsonl")
