@@ -193,6 +193,10 @@ class VectorIndex(Protocol):
         """Nearest neighbours of a stored point, the point itself left out; PointNotFound if
         it is not stored."""
 
+    def flush(self, name: str) -> None:
+        """Make every write acknowledged so far survive power loss, not only a process crash
+        (an index opened with fsync off relies on this, e.g. before recording ingest progress)."""
+
     def close(self) -> None: ...
 
 
@@ -231,6 +235,26 @@ def as_vector(vector: np.ndarray | Sequence[float], dim: int) -> np.ndarray:
     arr = np.ascontiguousarray(vector, dtype=np.float32)
     if arr.ndim != 1 or arr.shape[0] != dim:
         raise DimensionMismatch(f"expected a vector of shape [{dim}], got {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vector contains NaN or infinity")
+    return arr
+
+
+def as_matrix(vectors: Sequence[np.ndarray | Sequence[float]], dim: int) -> np.ndarray:
+    """`vectors` as one contiguous float32 [n, dim] array, checked as `as_vector` checks one
+    (one numpy pass for the whole batch instead of one per point)."""
+    if len(vectors) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except ValueError:  # ragged: name the first bad one
+        for v in vectors:
+            as_vector(v, dim)
+        raise
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        for v in vectors:
+            as_vector(v, dim)  # raises DimensionMismatch for the first bad one
+        raise DimensionMismatch(f"expected vectors of shape [{dim}], got {list(arr.shape)}")
     if not np.isfinite(arr).all():
         raise ValueError("vector contains NaN or infinity")
     return arr

@@ -49,6 +49,7 @@ from clipserve.index.base import (
     Hit,
     Point,
     Provenance,
+    as_matrix,
     as_vector,
     check_collection_name,
     check_dim,
@@ -86,7 +87,9 @@ class EdgeIndex:
         path: root directory (created if missing).
         exact: force exact (brute-force) search even where an HNSW graph exists.
         batch_size: points per engine update (one WAL record each).
-        fsync: flush WAL and segments before a write returns (see module docstring).
+        fsync: flush WAL and segments before a write returns (see module docstring). With
+            False a write survives a crash of this process (the WAL is written) but not of the
+            machine until `flush(name)`; bulk ingest flushes once per checkpoint this way.
         background_build: build HNSW graphs on a background thread past each collection's
             `hnsw_build_threshold`; False leaves it to `optimize()`.
     """
@@ -182,7 +185,11 @@ class EdgeIndex:
     def list_collections(self) -> list[CollectionInfo]:
         with self._lock:
             self._check_open()
-            names = sorted(p.name for p in self._root.iterdir() if is_collection(p))
+            names = sorted(
+                p.name
+                for p in self._root.iterdir()
+                if not p.name.startswith(".") and is_collection(p)
+            )
         return [self._info(self._get(n)) for n in names]
 
     def collection_info(self, name: str) -> CollectionInfo:
@@ -221,22 +228,22 @@ class EdgeIndex:
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         coll = self._get(name)
         # Validate the whole call before writing any of it: a bad point fails the call, not half.
-        prepared = [
-            (canonical_id(p.id), as_vector(p.vector, coll.dim), dict(p.payload)) for p in points
-        ]
-        if not prepared:
+        ids = [canonical_id(p.id) for p in points]
+        if not ids:
             return
+        # Plain lists cross into the engine faster than numpy rows (measured: ~1.4x).
+        rows = as_matrix([p.vector for p in points], coll.dim).tolist()
+        payloads = [dict(p.payload) for p in points]
         with coll.write_lock, coll.using() as shard:
-            for start in range(0, len(prepared), self._batch_size):
-                batch = prepared[start : start + self._batch_size]
-                shard.update(
-                    qe.UpdateOperation.upsert_points([qe.Point(i, v, pl) for i, v, pl in batch])
-                )
+            for start in range(0, len(ids), self._batch_size):
+                end = start + self._batch_size
+                batch = zip(ids[start:end], rows[start:end], payloads[start:end], strict=True)
+                shard.update(qe.UpdateOperation.upsert_points([qe.Point(*b) for b in batch]))
             if self._fsync:
                 shard.flush()
-            coll.note_ids([i for i, _, _ in prepared])
+            coll.note_ids(ids)
         if coll.builder is not None:
-            coll.builder.note_writes(len(prepared))
+            coll.builder.note_writes(len(ids))
 
     def delete(
         self, name: str, ids: Sequence[str] | None = None, filter: Filter | None = None
@@ -330,6 +337,10 @@ class EdgeIndex:
         exact: bool = False,
     ) -> list[Hit]:
         return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
+
+    def flush(self, name: str) -> None:
+        with self._get(name).using() as shard:
+            shard.flush()
 
     def close(self) -> None:
         """Wait for running HNSW builds, then flush and close every open shard. Idempotent;

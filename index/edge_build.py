@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +33,29 @@ POINTS = "points.jsonl"
 _BATCH = 1024
 
 
+class Cancelled(Exception):
+    """The export or build was asked to stop."""
+
+
 def export_points(
     shard: qe.EdgeShard,
     build_dir: Path,
     dim: int,
     settings: CollectionSettings,
     target: Path,
+    stop: threading.Event | None = None,
     page: int = 2048,
 ) -> int:
     """Write every point of `shard` (scrolled in id order, concurrently with its other users)
-    and the build spec into `build_dir`; return the number of points."""
+    and the build spec into `build_dir`; return the number of points. Raises Cancelled when
+    `stop` is set."""
     build_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     offset = None
     with open(build_dir / VECTORS, "wb") as vf, open(build_dir / POINTS, "w") as pf:
         while True:
+            if stop is not None and stop.is_set():
+                raise Cancelled
             records, offset = shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=page, with_payload=True, with_vector=True)
             )

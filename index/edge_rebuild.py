@@ -32,7 +32,7 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
-from clipserve.index.edge_build import export_points
+from clipserve.index.edge_build import Cancelled, export_points
 from clipserve.index.edge_collection import EdgeCollection, Journal
 from clipserve.index.edge_meta import edge_config, write_meta
 
@@ -43,15 +43,18 @@ _SMALL = 2_000  # journal entries replayed under the lock without another round
 _COPY_BATCH = 512
 
 
-class RebuildCancelled(Exception):
-    pass
+RebuildCancelled = Cancelled
 
 
 def clean_stale(cdir: Path, live_shard: str) -> None:
     """Remove build leftovers of a crashed rebuild (anything but the live shard)."""
     for p in cdir.iterdir():
-        if p.is_dir() and p.name != live_shard and p.name.startswith(("shard-", ".build-")):
+        if p.is_dir() and p.name != live_shard and _is_build_dir(p.name):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_build_dir(name: str) -> bool:
+    return name == "shard" or name.startswith(("shard-", ".build-"))
 
 
 def rebuild(coll: EdgeCollection, cdir: Path, stop: threading.Event, fsync: bool = True) -> None:
@@ -65,7 +68,7 @@ def rebuild(coll: EdgeCollection, cdir: Path, stop: threading.Event, fsync: bool
     new: qe.EdgeShard | None = None
     try:
         with coll.using() as shard:
-            n = export_points(shard, build_dir, coll.dim, coll.meta.settings, cdir / new_name)
+            n = export_points(shard, build_dir, coll.dim, coll.meta.settings, cdir / new_name, stop)
         log.info("collection %r: exported %d points, building", coll.name, n)
         _run_build(build_dir, stop)
         new = qe.EdgeShard.load(str(cdir / new_name), edge_config(coll.dim, coll.meta.settings))
@@ -94,9 +97,7 @@ def rebuild(coll: EdgeCollection, cdir: Path, stop: threading.Event, fsync: bool
         if new is not None:
             new.close()
         shutil.rmtree(build_dir, ignore_errors=True)
-    for p in cdir.iterdir():
-        if p.is_dir() and p.name != new_name and (p.name == "shard" or p.name.startswith("shard-")):
-            shutil.rmtree(p, ignore_errors=True)
+    clean_stale(cdir, new_name)
     if fsync:
         _fsync_dir(cdir)
 

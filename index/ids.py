@@ -16,10 +16,12 @@ Version 8 is the RFC's "custom" UUID: the 122 free bits are the first 122 bits o
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 KINDS = ("text", "image")
 
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _VERSION_MASK = 0xF << 76
 _VARIANT_MASK = 0x3 << 62
 
@@ -55,6 +57,8 @@ def canonical_id(point_id: str) -> str:
 
     Both Qdrant engines return ids in this form, so callers compare ids only after this.
     """
+    if isinstance(point_id, str) and _CANONICAL.fullmatch(point_id):
+        return point_id  # already canonical: skip the parse (bulk ingest calls this per point)
     try:
         return str(uuid.UUID(point_id))
     except (TypeError, ValueError, AttributeError) as exc:

@@ -37,7 +37,7 @@ from clipserve.index.base import (
     Hit,
     Point,
     Provenance,
-    as_vector,
+    as_matrix,
     check_collection_name,
     check_dim,
     check_model,
@@ -252,10 +252,12 @@ class RemoteIndex:
 
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         ids = [canonical_id(p.id) for p in points]
-        vectors = self._vectors(name, [p.vector for p in points])
+        rows = self._vectors(name, [p.vector for p in points]).tolist()
+        if not ids:
+            return
         structs = [
-            models.PointStruct(id=i, vector=v.tolist(), payload=dict(p.payload))
-            for i, v, p in zip(ids, vectors, points, strict=True)
+            models.PointStruct(id=i, vector=v, payload=dict(p.payload))
+            for i, v, p in zip(ids, rows, points, strict=True)
         ]
         with self._local_lock, self._not_found_as(name):
             for start in range(0, len(structs), self._batch_size):
@@ -355,6 +357,11 @@ class RemoteIndex:
     ) -> list[Hit]:
         return neighbours(self, name, point_id, top_k, filter, score_threshold, exact)
 
+    def flush(self, name: str) -> None:
+        """Writes are sent with wait=True: the server has applied them (its WAL is its own
+        durability). Only checks that the collection exists."""
+        self.count(name)
+
     def close(self) -> None:
         """Close the client if this object built it. Idempotent."""
         if self._owns_client:
@@ -388,22 +395,24 @@ class RemoteIndex:
 
     # --- internals ---
 
-    def _vectors(self, name: str, vectors: Sequence[Any]) -> list[np.ndarray]:
+    def _vectors(self, name: str, vectors: Sequence[Any]) -> np.ndarray:
         """Vectors checked against the collection's dimension (refreshed once on a mismatch)."""
         dim, _ = self._cached_meta(name)
         try:
-            return [as_vector(v, dim) for v in vectors]
+            return as_matrix(vectors, dim)
         except DimensionMismatch:
             self._meta.pop(name, None)
             dim, _ = self._cached_meta(name)
-            return [as_vector(v, dim) for v in vectors]
+            return as_matrix(vectors, dim)
 
     def _search_params(self, name: str, exact: bool) -> models.SearchParams | None:
         if self._is_local:
             return None  # local mode is always exact and warns on every call with params
         _, settings = self._cached_meta(name)
         quant = (
-            models.QuantizationSearchParams(rescore=True) if settings.int8_quantization else None
+            models.QuantizationSearchParams(rescore=True, oversampling=2.0)
+            if settings.int8_quantization
+            else None
         )
         return models.SearchParams(
             hnsw_ef=settings.hnsw_ef_search, exact=exact or self._exact, quantization=quant

@@ -557,3 +557,24 @@ def test_open_index_passes_tls_and_grpc_options(monkeypatch: pytest.MonkeyPatch)
     remote.close()
     with pytest.raises(ValueError, match="https"):
         open_index(path="/tmp/x", https=True)
+
+
+_NOSYNC_SCRIPT = """
+import os, sys, uuid
+import numpy as np
+from clipserve.index.base import Point
+from clipserve.index.edge import EdgeIndex
+idx = EdgeIndex(sys.argv[1], fsync=False)
+idx.ensure_collection("crash", 8)
+v = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+idx.upsert("crash", [Point(str(uuid.UUID(int=i + 1)), v[i], {"n": i}) for i in range(40)])
+idx.flush("crash")
+idx.upsert("crash", [Point(str(uuid.UUID(int=99)), v[0], {"n": 99})])
+os._exit(0)  # SIGKILL-like: the WAL already has the unflushed write too
+"""
+
+
+def test_edge_unflushed_writes_survive_a_process_crash(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _NOSYNC_SCRIPT, str(tmp_path)], check=True, timeout=60)
+    with EdgeIndex(tmp_path) as idx:
+        assert idx.count("crash") == 41
