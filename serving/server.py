@@ -32,6 +32,7 @@ from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving.backend import EmbeddingBackend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
 from clipserve.serving.config import ServerConfig
+from clipserve.serving.index_service import IndexService
 from clipserve.serving.service import EmbeddingService
 from clipserve.serving.servicer import ClipServeServicer
 from clipserve.serving.tokenizer import ClipTokenizer
@@ -48,6 +49,7 @@ class _Runtime:
     """What a running server owns besides the grpc.aio.Server object itself."""
 
     service: EmbeddingService
+    index: IndexService
     health: HealthServicer
     supervisor: asyncio.Task[None] | None = None
 
@@ -90,18 +92,20 @@ async def create_server(
             raise
     kind = getattr(index, "kind", type(index).__name__)
     service = EmbeddingService(config, manifest, model, tokenizer, index, index_kind=kind)
+    index_service = IndexService(config, service, index)
     try:
         try:
-            await service.ensure_collection(config.collection)
+            await index_service.ensure_default_collection()
         except (RuntimeError, OSError) as exc:  # e.g. the index directory is held by another
             raise StartupError(f"cannot open collection {config.collection!r}: {exc}") from exc
-        server, port, health = _build_grpc_server(config, service)
+        server, port, health = _build_grpc_server(config, service, index_service)
     except BaseException:
+        index_service.close()
         service.close()
         raise
     # The aio health servicer starts with "" SERVING: nothing is, until the warm-up succeeded.
     await _set_health(health, serving=False)
-    runtime = _Runtime(service, health)
+    runtime = _Runtime(service, index_service, health)
     _RUNNING[server] = runtime
     await server.start()
     runtime.supervisor = asyncio.create_task(_supervise(server, runtime, config))
@@ -124,7 +128,7 @@ def _onnx_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
 
 
 def _build_grpc_server(
-    config: ServerConfig, service: EmbeddingService
+    config: ServerConfig, service: EmbeddingService, index_service: IndexService
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     server = grpc.aio.server(
         options=[
@@ -132,7 +136,7 @@ def _build_grpc_server(
             ("grpc.so_reuseport", 0),  # port 0 must mean a port nobody else is using
         ]
     )
-    pb_grpc.add_ClipServeServicer_to_server(ClipServeServicer(service), server)
+    pb_grpc.add_ClipServeServicer_to_server(ClipServeServicer(service, index_service), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -169,6 +173,7 @@ async def _supervise(server: grpc.aio.Server, runtime: _Runtime, config: ServerC
         terminated.cancel()
         _RUNNING.pop(server, None)
         # Off the loop: closing waits for worker threads still finishing a backend call.
+        await asyncio.to_thread(runtime.index.close)
         await asyncio.to_thread(runtime.service.close)
 
 

@@ -12,27 +12,18 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from clipserve.index.base import (
-    CollectionNotFound,
-    DimensionMismatch,
-    Filter,
-    Hit,
-    Point,
-    VectorIndex,
-)
-from clipserve.index.ids import content_id
+from clipserve.index.base import VectorIndex
 from clipserve.serving.backend import EmbeddingBackend
 from clipserve.serving.bundle import Manifest
-from clipserve.serving.config import COLLECTION_RULE, ServerConfig, is_valid_collection_name
-from clipserve.serving.errors import InvalidInput, NotFound, Overloaded
+from clipserve.serving.config import ServerConfig
+from clipserve.serving.errors import InvalidInput, Overloaded
 from clipserve.serving.preprocess import decode_image, preprocess
 from clipserve.serving.tokenizer import ClipTokenizer
 
@@ -57,12 +48,6 @@ class Content:
     def data(self) -> bytes:
         """The bytes the point id is derived from."""
         return self.text.encode("utf-8") if self.text is not None else (self.image or b"")
-
-
-@dataclass(frozen=True)
-class UpsertItem:
-    content: Content
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,48 +112,6 @@ class EmbeddingService:
             vectors = await self._run(self._infer_pool, self._embed_sync, list(inputs))
             return Embeddings(vectors, tuple(c.kind for c in inputs), self.manifest.version)
 
-    async def upsert(self, collection: str, items: Sequence[UpsertItem]) -> tuple[str, list[str]]:
-        """Embed and store `items`; returns (collection, ids in item order)."""
-        async with self._admit():
-            name = self._collection(collection)
-            self._check_batch([it.content for it in items], "items")
-            vectors = await self._run(
-                self._infer_pool, self._embed_sync, [it.content for it in items]
-            )
-            ids = [content_id(it.content.kind, it.content.data) for it in items]
-            # The same content twice in one request is one point: the last payload wins.
-            points = {
-                pid: Point(pid, vec, dict(it.payload))
-                for pid, vec, it in zip(ids, vectors, items, strict=True)
-            }
-            await self._run(self._index_pool, self._upsert_sync, name, list(points.values()))
-            return name, ids
-
-    async def query(
-        self,
-        collection: str,
-        *,
-        content: Content | None = None,
-        vector: Sequence[float] | np.ndarray | None = None,
-        top_k: int | None = None,
-        filter: Filter | None = None,
-    ) -> list[Hit]:
-        """Nearest stored points to `content` (embedded) or `vector` (normalised here)."""
-        async with self._admit():
-            name = self._collection(collection)
-            k = self._top_k(top_k)
-            _check_filter(filter)
-            if (content is None) == (vector is None):
-                raise InvalidInput("query: set exactly one of text, image or vector")
-            if vector is not None:
-                query_vec = self._check_vector(vector)
-            else:
-                assert content is not None
-                self._check_batch([content], "query")
-                vecs = await self._run(self._infer_pool, self._embed_sync, [content], True)
-                query_vec = vecs[0]
-            return await self._run(self._index_pool, self._search_sync, name, query_vec, k, filter)
-
     def info(self) -> ServiceInfo:
         cfg, m, b = self.config, self.manifest, self.backend.info
         return ServiceInfo(
@@ -191,10 +134,6 @@ class EmbeddingService:
             max_request_bytes=cfg.max_request_bytes,
             server_version=_server_version(),
         )
-
-    async def ensure_collection(self, name: str) -> None:
-        """Create `name` with the model's dimension if missing (startup: the default one)."""
-        await self._run(self._index_pool, self._ensure_sync, self._collection(name))
 
     async def probe(self, timeout_s: float = 30.0) -> bool:
         """Can the backend embed right now? One tiny text and one blank image, with a timeout,
@@ -230,33 +169,6 @@ class EmbeddingService:
             yield
         finally:
             self._in_flight -= 1
-
-    def _collection(self, name: str) -> str:
-        if not name:
-            return self.config.collection
-        if not is_valid_collection_name(name):
-            raise InvalidInput(f"collection {name[:80]!r} is not a valid name: {COLLECTION_RULE}")
-        return name
-
-    def _top_k(self, top_k: int | None) -> int:
-        k = min(DEFAULT_TOP_K, self.config.max_top_k) if top_k is None else top_k
-        if not 1 <= k <= self.config.max_top_k:
-            raise InvalidInput(f"top_k is {k}; it must be in [1, {self.config.max_top_k}]")
-        return k
-
-    def _check_vector(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
-        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-        dim = self.manifest.embed_dim
-        if vec.shape[0] != dim:
-            raise InvalidInput(
-                f"query vector has {vec.shape[0]} values; this model's dimension is {dim}"
-            )
-        if not np.all(np.isfinite(vec)):
-            raise InvalidInput("query vector contains NaN or infinite values")
-        norm = float(np.linalg.norm(vec))
-        if norm == 0.0 or not math.isfinite(norm):
-            raise InvalidInput("query vector has zero (or overflowing) norm; it has no direction")
-        return vec / norm
 
     def _check_batch(self, inputs: Sequence[Content], what: str) -> None:
         """Cheap checks on the event loop: counts, presence, text length. Token counts and
@@ -337,41 +249,9 @@ class EmbeddingService:
         if vecs.shape != (2, self.manifest.embed_dim) or not np.all(np.isfinite(vecs)):
             raise RuntimeError(f"backend returned {vecs.shape} / non-finite embeddings")
 
-    def _ensure_sync(self, name: str) -> None:
-        if name in self._known_collections:
-            return
-        try:
-            self.index.ensure_collection(name, self.manifest.embed_dim)
-        except DimensionMismatch as exc:
-            raise InvalidInput(f"collection {name!r}: {exc}") from None
-        self._known_collections.add(name)
-
-    def _upsert_sync(self, name: str, points: list[Point]) -> None:
-        self._ensure_sync(name)  # writing to a new collection creates it (model's dimension)
-        self.index.upsert(name, points)
-
-    def _search_sync(self, name: str, vec: np.ndarray, k: int, filter: Filter | None) -> list[Hit]:
-        try:
-            return self.index.search(name, vec, k, filter)
-        except CollectionNotFound:
-            self._known_collections.discard(name)
-            raise NotFound(f"collection {name!r} does not exist; upsert into it first") from None
-        except DimensionMismatch as exc:
-            raise InvalidInput(f"collection {name!r}: {exc}") from None
-
 
 def _server_version() -> str:
     try:
         return importlib.metadata.version("clipserve")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def _check_filter(filter: Filter | None) -> None:
-    for j, cond in enumerate(filter.must if filter else ()):
-        if not cond.key:
-            raise InvalidInput(f"filter condition {j}: key is empty")
-        if not isinstance(cond.value, str | int | bool):
-            raise InvalidInput(
-                f"filter condition {j} ({cond.key!r}): value must be keyword, integer or bool"
-            )

@@ -1,5 +1,5 @@
-"""`ClipServeServicer`: the gRPC face of `EmbeddingService`. Protobuf in, domain types to the
-service, protobuf out; nothing else happens here.
+"""`ClipServeServicer`: the gRPC face of `EmbeddingService` and `IndexService`. Protobuf in,
+domain types to the services (conversions in `serving/convert.py`), protobuf out.
 
 Errors are mapped in one place (`_rpc`): a `ServingError` becomes its status from
 `serving/errors.py` with its message; anything else is a bug, logged with its traceback and
@@ -14,13 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
-from clipserve.index.base import BadFilter, FieldMatch, Filter, Hit
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
-from clipserve.serving.errors import InvalidInput, ServingError, grpc_status
-from clipserve.serving.service import Content, EmbeddingService, UpsertItem
+from clipserve.serving import convert
+from clipserve.serving.convert import content_from_proto, payload_from_proto
+from clipserve.serving.errors import ServingError, grpc_status
+from clipserve.serving.index_service import IndexService
+from clipserve.serving.service import EmbeddingService
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ def _rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
 
 
 class ClipServeServicer(pb_grpc.ClipServeServicer):
-    def __init__(self, service: EmbeddingService) -> None:
+    def __init__(self, service: EmbeddingService, index: IndexService) -> None:
         self.service = service
+        self.index = index
 
     @_rpc
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
@@ -64,27 +66,88 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
 
     @_rpc
     async def Upsert(self, request: pb.UpsertRequest, context: Any) -> pb.UpsertResponse:
-        items = [
-            UpsertItem(content_from_proto(it.content), payload_from_proto(it.payload))
-            for it in request.items
-        ]
-        collection, ids = await self.service.upsert(request.collection, items)
-        return pb.UpsertResponse(
-            ids=ids, collection=collection, model_version=self.service.manifest.version
+        done = await self.index.upsert(
+            request.collection,
+            [convert.upsert_item_from_proto(it) for it in request.items],
+            truncate=request.truncate,
+            vector_model_version=request.vector_model_version,
         )
+        truncations = [
+            pb.Truncation(item=i, original_tokens=o, tokens=t) for i, o, t in done.truncations
+        ]
+        return pb.UpsertResponse(ids=done.ids, collection=done.collection,
+                                 model_version=done.model_version, truncations=truncations)  # fmt: skip
 
     @_rpc
     async def Query(self, request: pb.QueryRequest, context: Any) -> pb.QueryResponse:
-        hits = await self.service.query(
-            request.collection,
-            content=query_content_from_proto(request),
-            vector=list(request.vector.values) if request.HasField("vector") else None,
-            top_k=request.top_k if request.HasField("top_k") else None,
-            filter=filter_from_proto(request.filter),
+        result = await self.index.query(convert.query_from_proto(request))
+        return convert.query_result_to_proto(result)
+
+    @_rpc
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        f = convert.filter_from_proto(request.filter)
+        name = await self.index.delete(request.collection, list(request.ids), f)
+        return pb.DeleteResponse(collection=name)
+
+    @_rpc
+    async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
+        got = await self.index.get(request.collection, list(request.ids), request.with_vectors)
+        points = [convert.point_to_proto(p, request.with_vectors) for p in got.points]
+        return pb.GetResponse(points=points, missing_ids=got.missing_ids,
+                              model_version=got.model_version)  # fmt: skip
+
+    @_rpc
+    async def Count(self, request: pb.CountRequest, context: Any) -> pb.CountResponse:
+        f = convert.filter_from_proto(request.filter)
+        return pb.CountResponse(count=await self.index.count(request.collection, f))
+
+    @_rpc
+    async def Scroll(self, request: pb.ScrollRequest, context: Any) -> pb.ScrollResponse:
+        points, token = await self.index.scroll(
+            request.collection, convert.filter_from_proto(request.filter), request.limit,
+            request.page_token, request.with_vectors,
+        )  # fmt: skip
+        return pb.ScrollResponse(
+            points=[convert.point_to_proto(p, request.with_vectors) for p in points],
+            next_page_token=token,
         )
-        return pb.QueryResponse(
-            hits=[hit_to_proto(h) for h in hits], model_version=self.service.manifest.version
+
+    @_rpc
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: Any
+    ) -> pb.ListCollectionsResponse:
+        infos = await self.index.list_collections()
+        return pb.ListCollectionsResponse(
+            collections=[convert.collection_to_proto(c) for c in infos]
         )
+
+    @_rpc
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: Any
+    ) -> pb.CreateCollectionResponse:
+        settings = convert.settings_from_proto(request.settings)
+        info = await self.index.create_collection(request.name, settings)
+        return pb.CreateCollectionResponse(collection=convert.collection_to_proto(info))
+
+    @_rpc
+    async def DropCollection(
+        self, request: pb.DropCollectionRequest, context: Any
+    ) -> pb.DropCollectionResponse:
+        await self.index.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+    @_rpc
+    async def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.SetAliasResponse:
+        previous = await self.index.set_alias(request.alias, request.collection)
+        return pb.SetAliasResponse(previous_collection=previous)
+
+    @_rpc
+    async def Dedup(self, request: pb.DedupRequest, context: Any) -> pb.DedupResponse:
+        result = await self.index.dedup(
+            request.collection, request.threshold, convert.filter_from_proto(request.filter),
+            request.max_groups,
+        )  # fmt: skip
+        return convert.dedup_to_proto(result)
 
     @_rpc
     async def Info(self, request: pb.InfoRequest, context: Any) -> pb.InfoResponse:
@@ -104,56 +167,4 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
         )  # fmt: skip
 
 
-# -- proto <-> domain ---------------------------------------------------------------------------
-
-
-def content_from_proto(msg: pb.Content) -> Content:
-    which = msg.WhichOneof("kind")
-    if which == "text":
-        return Content(text=msg.text)
-    if which == "image":
-        return Content(image=bytes(msg.image))
-    return Content()  # neither: the service rejects it with the input's index
-
-
-def query_content_from_proto(msg: pb.QueryRequest) -> Content | None:
-    which = msg.WhichOneof("query")
-    if which == "text":
-        return Content(text=msg.text)
-    if which == "image":
-        return Content(image=bytes(msg.image))
-    return None
-
-
-def payload_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct numbers are doubles; integral ones become ints so integer filters match them."""
-    return {k: _intify(v) for k, v in json_format.MessageToDict(struct).items()}
-
-
-def _intify(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _intify(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_intify(v) for v in value]
-    return value
-
-
-def filter_from_proto(msg: pb.Filter) -> Filter | None:
-    conditions = []
-    for j, cond in enumerate(msg.must):
-        which = cond.WhichOneof("value")
-        if which is None:
-            raise InvalidInput(f"filter condition {j} ({cond.key!r}): no value set")
-        try:
-            conditions.append(FieldMatch(cond.key, getattr(cond, which)))
-        except BadFilter as exc:  # index filters validate when built
-            raise InvalidInput(f"filter condition {j}: {exc}") from None
-    return Filter(tuple(conditions)) if conditions else None
-
-
-def hit_to_proto(hit: Hit) -> pb.Hit:
-    payload = struct_pb2.Struct()
-    payload.update(hit.payload)
-    return pb.Hit(id=hit.id, score=hit.score, payload=payload)
+__all__ = ["ClipServeServicer", "content_from_proto", "payload_from_proto"]
