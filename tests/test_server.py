@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers import BackgroundServer, ControlledBackend
 from PIL import Image
 
 from clipserve.index.edge import EdgeIndex
@@ -35,7 +36,7 @@ from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.preprocess import decode_image, preprocess
-from clipserve.serving.server import SERVICE_NAME, create_server, shutdown
+from clipserve.serving.server import SERVICE_NAME, shutdown
 from clipserve.serving.tokenizer import ClipTokenizer
 
 T = TypeVar("T")
@@ -61,55 +62,6 @@ def png(color: tuple[int, int, int], size: tuple[int, int] = (80, 60), noise: in
 
 
 RED, GREEN, BLUE = png((220, 20, 20)), png((20, 200, 40), (64, 90)), png((10, 30, 230), noise=40)
-
-
-class BackgroundServer:
-    """A server from `create_server` on its own event loop thread, with a sync client."""
-
-    def __init__(self, config: ServerConfig, **kwargs: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, self.port = self.call(create_server(config, **kwargs))
-        self.client = ClipServeClient(f"127.0.0.1:{self.port}", timeout_s=30)
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self, grace_s: float = 1.0) -> None:
-        self.call(shutdown(self.server, grace_s))
-        self.client.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-class ControlledBackend:
-    """Test double: the real ONNX backend, plus a gate that holds calls and a failure switch."""
-
-    def __init__(self, real: OnnxRuntimeBackend) -> None:
-        self.real, self.info = real, real.info
-        self.open = threading.Event()
-        self.open.set()
-        self.entered = threading.Event()
-        self.fail = False
-
-    def _enter(self) -> None:
-        self.entered.set()
-        assert self.open.wait(30), "gate never opened"
-        if self.fail:
-            raise RuntimeError("secret internal detail /opt/model")
-
-    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
-        self._enter()
-        return self.real.embed_texts(input_ids)
-
-    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        self._enter()
-        return self.real.embed_images(pixel_values)
-
-    def close(self) -> None:
-        self.real.close()
 
 
 @pytest.fixture(scope="module")
