@@ -65,7 +65,7 @@ class ServerConfig:
     # decoded pixel costs at most 4 bytes and a preprocessed model-input pixel 3 units
     # (three float32 channels), so decoded image memory stays under ~4 bytes x this.
     max_inflight_pixels: int = 100_000_000
-    admission_wait_s: float = 5.0  # longest wait for budget before RESOURCE_EXHAUSTED
+    admission_wait_s: float = 30.0  # longest wait for budget before RESOURCE_EXHAUSTED
     decode_workers: int = 2  # threads decoding images / tokenizing texts
     # Operations.
     metrics_port: int | None = None  # Prometheus /metrics on this port; None = off

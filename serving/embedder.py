@@ -27,7 +27,13 @@ from clipserve.serving.budget import PixelBudget
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.errors import InvalidInput
-from clipserve.serving.preprocess import load_pixels, open_image, plan_decode, preprocess_one
+from clipserve.serving.preprocess import (
+    DecodePlan,
+    load_pixels,
+    open_image,
+    plan_decode,
+    preprocess_one,
+)
 from clipserve.serving.request_context import DEADLINE
 from clipserve.serving.tokenizer import ClipTokenizer
 
@@ -164,10 +170,14 @@ class Embedder:
                     tokens[i], original[i] = len(ids), n_orig
                     futures.append(self.text.submit(ids, deadline))
             loop = asyncio.get_running_loop()
-            for i, (image, planned) in zip(image_pos, opened, strict=True):
-                futures.append(
-                    loop.create_task(self._embed_image(image, planned, deadline, label(i)))  # type: ignore[arg-type]
-                )
+            # A request decodes at most decode_workers images at once, so requests that
+            # compete for the pixel budget each make progress instead of all queueing
+            # every image at once (and all timing out).
+            lane = asyncio.Semaphore(self.config.decode_workers)
+            for i, (image, plan) in zip(image_pos, opened, strict=True):
+                coro = self._embed_image(image, plan, deadline, label(i), lane)
+                task = loop.create_task(coro)
+                futures.append(task)
             opened = []  # owned by the tasks now
             vectors = await asyncio.gather(*futures)
         except BaseException:
@@ -194,9 +204,9 @@ class Embedder:
 
     def _open_images(
         self, contents: Sequence[Content], image_pos: list[int], label: Callable[[int], str]
-    ) -> list[tuple[Image.Image, int]]:
+    ) -> list[tuple[Image.Image, DecodePlan]]:
         """Headers only (cheap, no pixels): every size check before any decoding."""
-        opened: list[tuple[Image.Image, int]] = []
+        opened: list[tuple[Image.Image, DecodePlan]] = []
         try:
             for i in image_pos:
                 try:
@@ -215,28 +225,23 @@ class Embedder:
         return opened
 
     async def _embed_image(
-        self, image: Image.Image, planned: int, deadline: float | None, where: str
+        self,
+        image: Image.Image,
+        plan: DecodePlan,
+        deadline: float | None,
+        where: str,
+        lane: asyncio.Semaphore,
     ) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        held = max(planned, self.input_units)
+        units, held = max(plan.pixels, self.input_units), 0
         try:
-            await self.budget.acquire(held, deadline)
-        except BaseException:
-            image.close()
-            raise
-        try:
-            decode = self._decode_pool.submit(self._decode, image, planned)
-            try:
-                pixels = await asyncio.wrap_future(decode)
-            except InvalidInput as exc:
-                raise InvalidInput(f"{where}: {exc}") from None
-            except BaseException:
-                if not decode.done():  # still decoding: its memory is live until it ends
-                    units, held = held, 0
-                    decode.add_done_callback(
-                        lambda _: loop.call_soon_threadsafe(self.budget.release, units)
-                    )
-                raise
+            async with lane:
+                await self.budget.acquire(units, deadline)
+                held = units
+                try:
+                    pixels = await self._decode_held(image, plan, held, where)
+                except BaseException:
+                    held = 0  # released by _decode_held (now or when the decode ends)
+                    raise
             self.budget.release(held - self.input_units)
             held = self.input_units
             future = self.image.submit(pixels, deadline)
@@ -244,18 +249,42 @@ class Embedder:
                 return await future
             finally:
                 future.cancel()  # a no-op once done; withdraws the item if we were cancelled
+        except BaseException:
+            image.close()  # never decoded (budget refused, cancelled): drop the header
+            raise
         finally:
             if held:
                 self.budget.release(held)
 
-    def _decode(self, image: Image.Image, planned: int) -> np.ndarray:
+    async def _decode_held(
+        self, image: Image.Image, plan: DecodePlan, held: int, where: str
+    ) -> np.ndarray:
+        """Decode on a decode thread; on failure the `held` budget is released once the
+        thread is done with the pixels (at once, or when a cancelled decode ends)."""
+        loop = asyncio.get_running_loop()
+        decode = self._decode_pool.submit(self._decode, image, plan)
+        try:
+            return await asyncio.wrap_future(decode)
+        except InvalidInput as exc:
+            self.budget.release(held)
+            raise InvalidInput(f"{where}: {exc}") from None
+        except BaseException:
+            if decode.done():
+                self.budget.release(held)
+            else:
+                decode.add_done_callback(
+                    lambda _: loop.call_soon_threadsafe(self.budget.release, held)
+                )
+            raise
+
+    def _decode(self, image: Image.Image, plan: DecodePlan) -> np.ndarray:
         try:
             load_pixels(image)
-            return preprocess_one(image, self.manifest)
+            return preprocess_one(image, self.manifest, plan.box)
         finally:
             image.close()
             del image
-            if planned >= TRIM_ABOVE_PIXELS:
+            if plan.pixels >= TRIM_ABOVE_PIXELS:
                 memory.trim()
 
     def _run_images(self, rows: list[np.ndarray]) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -73,19 +74,30 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     return image
 
 
-def plan_decode(image: Image.Image, size: tuple[int, int], oversample: float = 2.0) -> int:
+@dataclass(frozen=True)
+class DecodePlan:
+    pixels: int  # width x height the decoder will produce
+    # After a JPEG draft: the region of the reduced image that holds the whole original (the
+    # decoder rounds partial blocks up), so resizing maps exactly the original's geometry.
+    box: tuple[float, float, float, float] | None = None
+
+
+def plan_decode(image: Image.Image, size: tuple[int, int], oversample: float = 2.0) -> DecodePlan:
     """Ask the decoder for the smallest version of `image` whose shorter side is still at
-    least `oversample` x the model's side (JPEG only: DCT scaling by 1/2, 1/4, 1/8); returns
-    the pixels the decode will then produce. A no-op for other formats and small images."""
+    least `oversample` x the model's side (JPEG only: DCT scaling by 1/2, 1/4, 1/8). A no-op
+    for other formats and small images."""
+    box = None
     if image.format == "JPEG" and oversample > 0:
         w, h = image.size
         short = min(w, h)
         want = max(1, int(round(oversample * min(size))))
         if short >= 2 * want:
             scale = want / short
-            image.draft(image.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+            drafted = image.draft(image.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+            if drafted is not None and image.size != (w, h):
+                box = tuple(float(v) for v in drafted[1])  # type: ignore[assignment]
     w, h = image.size
-    return w * h
+    return DecodePlan(w * h, box)  # type: ignore[arg-type]
 
 
 def load_pixels(image: Image.Image) -> None:
@@ -100,21 +112,27 @@ def load_pixels(image: Image.Image) -> None:
         raise InvalidInput(f"image could not be decoded: {exc}") from exc
 
 
-def resize_crop(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
+def resize_crop(
+    image: Image.Image,
+    size: tuple[int, int],
+    interpolation: str,
+    box: tuple[float, float, float, float] | None = None,
+) -> Image.Image:
     """torchvision ``Resize(int) + CenterCrop`` on a PIL image, in the image's own mode.
 
     The shorter side becomes `size` (the longer one ``int(size * long / short)``, as
-    torchvision truncates), then the centre is cut out with torchvision's rounding.
+    torchvision truncates), then the centre is cut out with torchvision's rounding. `box`
+    (from `plan_decode`) is the part of a draft-decoded image that stands for the original.
     """
     height, width = size
     if height != width:
         raise ValueError(f"shortest-side resize needs a square image size, got {size}")
-    w, h = image.size
+    w, h = (box[2] - box[0], box[3] - box[1]) if box else image.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = height, int(height * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), _RESAMPLE[interpolation])
+    if box is not None or (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), _RESAMPLE[interpolation], box=box)
     top = int(round((new_h - height) / 2.0))
     left = int(round((new_w - width) / 2.0))
     return image.crop((left, top, left + width, top + height))
@@ -138,11 +156,13 @@ def preprocess(images: Sequence[Image.Image], manifest: Manifest) -> np.ndarray:
     return out
 
 
-def preprocess_one(image: Image.Image, manifest: Manifest) -> np.ndarray:
+def preprocess_one(
+    image: Image.Image, manifest: Manifest, box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
     """One PIL image -> float32 [3, H, W], as `preprocess` (without its checks)."""
     mean = np.asarray(manifest.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(manifest.std, dtype=np.float32).reshape(3, 1, 1)
-    rgb = to_rgb(resize_crop(image, manifest.image_size, manifest.interpolation))
+    rgb = to_rgb(resize_crop(image, manifest.image_size, manifest.interpolation, box))
     pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
     return (pixels / np.float32(255.0) - mean) / std
 
@@ -154,8 +174,8 @@ def decode_for_model(
     service interleaves `open_image` / `plan_decode` / budget / `load_pixels` itself)."""
     image = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
-        plan_decode(image, manifest.image_size, oversample)
+        plan = plan_decode(image, manifest.image_size, oversample)
         load_pixels(image)
-        return preprocess_one(image, manifest)
+        return preprocess_one(image, manifest, plan.box)
     finally:
         image.close()

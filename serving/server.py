@@ -99,6 +99,7 @@ async def create_server(
         except BaseException:
             model.close()
             raise
+    assert index is not None
     kind = getattr(index, "kind", type(index).__name__)
     try:
         service = EmbeddingService(
