@@ -37,9 +37,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     side = int((args.max_pixels - 1) ** 0.5)
     w, h = side + 7, (args.max_pixels - 1) // (side + 7)  # just under the limit, not square
     images = [photo(w, h, "JPEG", seed=0), photo(w, h, "PNG", seed=1)]
-    request = pb.EmbedRequest(
-        inputs=[pb.Content(image=images[i % 2]) for i in range(args.batch)]
-    )
+    request = pb.EmbedRequest(inputs=[pb.Content(image=images[i % 2]) for i in range(args.batch)])
     req_bytes = request.ByteSize()
     max_request = max(64 * MiB, 2 * req_bytes)
     env = {
