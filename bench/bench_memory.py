@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             with ClipServeClient(server.target, timeout_s=120, max_message_bytes=max_request) as c:
                 while not stop.is_set():
                     try:
-                        c.stub.Embed(request, timeout=120)
+                        c.stub.Embed(request, timeout=600)
                         codes["OK"] += 1
                     except grpc.RpcError as exc:
                         codes[exc.code().name] += 1

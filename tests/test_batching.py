@@ -220,3 +220,28 @@ def test_cancelled_and_expired_calls_never_reach_the_backend(
         assert tokenizer.encode([text])[0] not in sent
     assert tokenizer.encode(["still wanted"])[0] in sent
     assert backend.batch_sizes("image") == []  # the cancelled call's image never ran
+
+
+def test_a_full_queue_answers_resource_exhausted(tiny_bundle: Path, tmp_path: Path) -> None:
+    backend = ControlledBackend(OnnxRuntimeBackend(tiny_bundle))
+    config = ServerConfig(
+        bundle=tiny_bundle, port=0, index_path=tmp_path / "index", inference_workers=1,
+        max_queued_items=3, health_interval_s=3600,
+    )  # fmt: skip
+    bg = BackgroundServer(config, backend=backend)
+    try:
+        held = hold_first_batch(bg, backend)
+        with ThreadPoolExecutor(1) as pool:
+            queued_call = pool.submit(bg.client.embed, ["one", "two"])
+            wait_until(lambda: queued(bg, "text") == 2, "two texts to queue")
+            with pytest.raises(grpc.RpcError) as err:
+                bg.client.embed(["three", "four"])  # the queue holds 3: no unbounded queueing
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_queued_items=3" in err.value.details()
+            backend.open.set()
+            assert queued_call.result(30).shape == (2, DIM)
+        held.join(10)
+        assert bg.client.embed(["and then it serves again"]).shape == (1, DIM)
+    finally:
+        backend.open.set()
+        bg.stop()
