@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -62,11 +63,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             return time.perf_counter()
 
-        def end(context: grpc.aio.ServicerContext, t0: float, failed: bool) -> None:
+        def end(context: grpc.aio.ServicerContext, t0: float, outcome: str) -> None:
             code = context.code()
-            name = code.name if isinstance(code, grpc.StatusCode) else (
-                "UNKNOWN" if failed else "OK"
-            )  # fmt: skip
+            name = code.name if isinstance(code, grpc.StatusCode) else outcome
             seconds = time.perf_counter() - t0
             self.metrics.rpc_done(method, name, seconds)
             if not quiet or name != "OK":
@@ -87,15 +86,18 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                t0, failed = begin(context), True
+                t0, outcome = begin(context), "UNKNOWN"
                 try:
                     if not authorised:
                         await deny(context)
                     response = await inner_uu(request, context)
-                    failed = False
+                    outcome = "OK"
                     return response
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"  # the client went away or the deadline passed
+                    raise
                 finally:
-                    end(context, t0, failed)
+                    end(context, t0, outcome)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -108,15 +110,18 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream(
                 requests: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                t0, failed = begin(context), True
+                t0, outcome = begin(context), "UNKNOWN"
                 try:
                     if not authorised:
                         await deny(context)
                     async for response in inner_ss(requests, context):
                         yield response
-                    failed = False
+                    outcome = "OK"
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"
+                    raise
                 finally:
-                    end(context, t0, failed)
+                    end(context, t0, outcome)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream,

@@ -16,9 +16,11 @@ from helpers import BackgroundServer
 
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
+from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.server import SERVICE_NAME, metrics_port
 
+RED_TEXT = "a red bicycle"
 EMBED = pb.EmbedRequest(inputs=[pb.Content(text="a red bicycle")])
 
 
@@ -74,6 +76,8 @@ def test_metrics_auth_and_request_ids(
     info = stub.Info(pb.InfoRequest(), metadata=[("x-api-key", "old-key")])
     assert info.auth_required and info.limits.max_inflight_pixels > 0
     assert info.limits.max_batch_tokens > 0 and info.limits.max_batch_wait_us > 0
+    with ClipServeClient(f"127.0.0.1:{bg.port}", api_key="old-key") as keyed:
+        assert keyed.embed(["the client sends its key"]).shape == (1, 128)
     # Health needs no key.
     health = health_pb2_grpc.HealthStub(bg.client._channel)
     check = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10)
@@ -84,8 +88,8 @@ def test_metrics_auth_and_request_ids(
     m = scrape(port)
     assert m['clipserve_requests_total{code="UNAUTHENTICATED",method="Embed"}'] == 2
     assert m['clipserve_errors_total{code="UNAUTHENTICATED",method="Embed"}'] == 2
-    assert m['clipserve_requests_total{code="OK",method="Embed"}'] == 1
-    assert m['clipserve_request_seconds_count{method="Embed"}'] == 3
+    assert m['clipserve_requests_total{code="OK",method="Embed"}'] == 2
+    assert m['clipserve_request_seconds_count{method="Embed"}'] == 4
     assert m['clipserve_batch_size_count{modality="text"}'] >= 1
     assert m['clipserve_inference_seconds_count{modality="text"}'] >= 1
     assert 'clipserve_queue_depth{modality="text"}' in m
@@ -111,6 +115,8 @@ def test_tls_with_a_self_signed_certificate(tiny_bundle: Path, tmp_path: Path) -
         with grpc.secure_channel(f"127.0.0.1:{bg.port}", creds) as channel:
             resp = pb_grpc.ClipServeStub(channel).Embed(EMBED, timeout=30)
             assert len(resp.embeddings[0].values) == 128
+        with ClipServeClient(f"127.0.0.1:{bg.port}", root_certificates=cert.read_bytes()) as c:
+            assert c.health() == "SERVING" and c.embed([RED_TEXT]).shape == (1, 128)
         with grpc.insecure_channel(f"127.0.0.1:{bg.port}") as plain:  # plaintext is refused
             with pytest.raises(grpc.RpcError) as err:
                 pb_grpc.ClipServeStub(plain).Embed(EMBED, timeout=5)
