@@ -120,6 +120,8 @@ class Embedder:
             on_change=on_budget,
         )
         self._decode_pool = ThreadPoolExecutor(config.decode_workers, "clipserve-decode")
+        # Its own thread: texts never wait behind large image decodes.
+        self._tokenize_pool = ThreadPoolExecutor(1, "clipserve-tokenize")
         self._infer_pool = ThreadPoolExecutor(config.inference_workers, "clipserve-infer")
         workers = asyncio.Semaphore(config.inference_workers)
         common: dict[str, Any] = dict(
@@ -164,7 +166,7 @@ class Embedder:
                 texts = [contents[i].text or "" for i in text_pos]
                 loop = asyncio.get_running_loop()
                 rows = await loop.run_in_executor(
-                    self._decode_pool, self._tokenize, texts, text_pos, truncate, label
+                    self._tokenize_pool, self._tokenize, texts, text_pos, truncate, label
                 )
                 for i, (ids, n_orig) in zip(text_pos, rows, strict=True):
                     tokens[i], original[i] = len(ids), n_orig
@@ -198,6 +200,7 @@ class Embedder:
 
     def shutdown_threads(self) -> None:
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        self._tokenize_pool.shutdown(wait=True, cancel_futures=True)
         self._infer_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- images -----------------------------------------------------------------------------------

@@ -322,15 +322,6 @@ class EmbeddingService:
         self.health.record_success(INDEX)
         return result
 
-    async def probe(self, timeout_s: float = 30.0) -> bool:
-        """Can the backend embed right now? (the health monitor's inference probe, once)."""
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self._probe_sync), timeout=timeout_s)
-            return True
-        except Exception:
-            log.exception("backend probe failed")
-            return False
-
     async def aclose(self) -> None:
         """On the serving loop: stop the health loop and the batchers."""
         if self._health_task is not None:
