@@ -6,7 +6,8 @@ as broken. Without recent evidence, or right after a failure was reported, the c
 own probe runs on its own thread (never an inference worker or an index worker, so it never
 queues behind traffic) with the interval as timeout. A probe that raises marks the component
 down; one that times out while inference batches are running counts as busy, not broken,
-until the oldest running batch has been stuck for `stall_intervals` intervals.
+until the oldest running batch has been stuck for `stall_intervals` intervals. The probe
+timeout is the interval, but at least `min_probe_timeout_s`.
 
 The monitor calls `on_change(serving)` when readiness flips; the server maps that to the
 gRPC health statuses. Liveness is separate (the server answers at all) and not decided here.
@@ -34,9 +35,15 @@ class HealthMonitor:
         *,
         interval_s: float,
         stall_intervals: float = 6.0,
+        min_probe_timeout_s: float = 5.0,
     ) -> None:
         self.interval_s = interval_s
-        self.stall_s = stall_intervals * interval_s
+        # A probe that raises counts at once; one that hangs counts after this long, never
+        # less than a few seconds, so a slow (busy, shared) machine is not read as broken.
+        self.probe_timeout_s = max(interval_s, min_probe_timeout_s)
+        # A batch running longer than this is stuck, not busy (a minute at least: one large
+        # batch on a loaded CPU can take tens of seconds).
+        self.stall_s = max(stall_intervals * interval_s, 12 * self.probe_timeout_s)
         self._probes = dict(probes)
         self._on_change = on_change
         self._last_ok = {name: float("-inf") for name in self._probes}
@@ -80,9 +87,11 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
 
-    async def check(self) -> bool:
-        """Decide readiness now; returns it (and calls on_change when it flipped)."""
-        results = await asyncio.gather(*(self._component_ok(n) for n in self._probes))
+    async def check(self, timeout_s: float | None = None) -> bool:
+        """Decide readiness now; returns it (and calls on_change when it flipped).
+        `timeout_s` overrides the probe timeout (the warm-up allows for first-run costs)."""
+        timeout = self.probe_timeout_s if timeout_s is None else timeout_s
+        results = await asyncio.gather(*(self._component_ok(n, timeout) for n in self._probes))
         self.components = dict(zip(self._probes, results, strict=True))
         serving = all(results)
         if serving != self.serving:
@@ -97,7 +106,7 @@ class HealthMonitor:
         for pool in self._threads.values():
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _component_ok(self, name: str) -> bool:
+    async def _component_ok(self, name: str, timeout: float) -> bool:
         now = time.monotonic()
         if not self._failed[name] and now - self._last_ok[name] < self.interval_s:
             return True  # a request succeeded recently: no probe, no competition with it
@@ -106,11 +115,11 @@ class HealthMonitor:
             pending = self._threads[name].submit(self._probes[name])
             self._pending[name] = pending
         try:
-            await asyncio.wait_for(asyncio.wrap_future(pending), self.interval_s)
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), timeout)
         except asyncio.TimeoutError:
             if name == INFERENCE and self._busy_not_stalled():
                 return self.components.get(name, True)  # busy is not broken
-            log.error("%s probe did not answer within %.1f s", name, self.interval_s)
+            log.error("%s probe did not answer within %.1f s", name, timeout)
             return False
         except Exception:
             log.exception("%s probe failed", name)

@@ -162,7 +162,7 @@ class EmbeddingService:
     async def start(self) -> bool:
         """Warm up (probe inference and the index once) and start the health loop; returns
         whether both work."""
-        ready = await self.health.check()
+        ready = await self.health.check(timeout_s=max(120.0, self.config.health_interval_s))
         self._health_task = asyncio.get_running_loop().create_task(self.health.run())
         return ready
 
