@@ -71,17 +71,30 @@ def to_filter(conditions: FilterSpec | None) -> pb.Filter | None:
 
 class ClipServeClient:
     def __init__(
-        self, target: str, *, timeout_s: float = 60.0, max_message_bytes: int = 64 << 20
+        self,
+        target: str,
+        *,
+        timeout_s: float = 60.0,
+        max_message_bytes: int = 64 << 20,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
     ) -> None:
+        """`api_key` is sent as `x-api-key` on every call; `tls` (implied by
+        `root_certificates`, a PEM bundle; default: the system's roots) uses a secure channel."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls or root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        if api_key:
+            self._channel = grpc.intercept_channel(self._channel, _ApiKey(api_key))
         self.stub = pb_grpc.ClipServeStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -296,3 +309,20 @@ class ClipServeClient:
 def _point(msg: pb.Point) -> Point:
     return Point(id=msg.id, vector=np.asarray(msg.vector.values, dtype=np.float32),
                  payload=payload_from_proto(msg.payload))  # fmt: skip
+
+
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `x-api-key` to every call's metadata."""
+
+    def __init__(self, key: str) -> None:
+        self._pair = ("x-api-key", key)
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._pair]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)

@@ -6,6 +6,7 @@ field, so the servicer methods stay one call each.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,28 @@ def content_from_proto(msg: pb.Content) -> Content:
 
 
 def payload_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct numbers are doubles; integral ones become ints so integer filters match them."""
+    """Struct numbers are doubles; integral ones become ints so integer filters match them.
+    Numbers JSON cannot hold (NaN, Infinity) are InvalidInput, naming the key."""
+    _check_finite(struct, "payload")
     return {k: _intify(v) for k, v in json_format.MessageToDict(struct).items()}
+
+
+def _check_finite(value: Any, path: str) -> None:
+    if isinstance(value, struct_pb2.Struct):
+        for k, v in value.fields.items():
+            _check_finite(v, f"{path}.{k}")
+    elif isinstance(value, struct_pb2.ListValue):
+        for j, v in enumerate(value.values):
+            _check_finite(v, f"{path}[{j}]")
+    elif isinstance(value, struct_pb2.Value):
+        which = value.WhichOneof("kind")
+        if which == "number_value" and not math.isfinite(value.number_value):
+            raise InvalidInput(
+                f"{path} is {value.number_value}; payload numbers must be finite (JSON has no "
+                "NaN or Infinity)"
+            )
+        if which in ("struct_value", "list_value"):
+            _check_finite(getattr(value, which), path)
 
 
 def _intify(value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -21,7 +21,7 @@ from clipserve.serving import convert
 from clipserve.serving.convert import content_from_proto, payload_from_proto
 from clipserve.serving.errors import ServingError, grpc_status
 from clipserve.serving.index_service import IndexService
-from clipserve.serving.service import EmbeddingService
+from clipserve.serving.service import Embeddings, EmbeddingService, StreamItem
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,38 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
 
     @_rpc
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
-        result = await self.service.embed([content_from_proto(c) for c in request.inputs])
+        result = await self.service.embed(
+            [content_from_proto(c) for c in request.inputs], truncate=request.truncate
+        )
         return pb.EmbedResponse(
-            embeddings=[
-                pb.Embedding(values=row.tolist(), modality=_MODALITY[kind])
-                for row, kind in zip(result.vectors, result.kinds, strict=True)
-            ],
+            embeddings=[embedding_to_proto(result, i) for i in range(len(result.kinds))],
             model_version=result.model_version,
             dim=result.vectors.shape[1],
         )
+
+    async def EmbedStream(
+        self, requests: AsyncIterator[pb.EmbedStreamRequest], context: Any
+    ) -> AsyncIterator[pb.EmbedStreamResponse]:
+        # Per-item errors travel in the stream; a failure of the stream itself (admission,
+        # a broken request stream) ends it with a status through the same error table.
+        items = (
+            StreamItem(r.id, content_from_proto(r.content), r.truncate) async for r in requests
+        )
+        try:
+            async for res in self.service.embed_stream(items):
+                if res.embeddings is None:
+                    error = pb.ItemError(code=res.error_code, message=res.error_message)
+                    yield pb.EmbedStreamResponse(id=res.id, error=error)
+                else:
+                    yield pb.EmbedStreamResponse(
+                        id=res.id, embedding=embedding_to_proto(res.embeddings, 0),
+                        model_version=res.embeddings.model_version,
+                    )  # fmt: skip
+        except ServingError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+        except Exception:
+            log.exception("EmbedStream failed with an unexpected error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     @_rpc
     async def Upsert(self, request: pb.UpsertRequest, context: Any) -> pb.UpsertResponse:
@@ -156,7 +179,9 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
             max_batch=i.max_batch, max_text_chars=i.max_text_chars,
             max_image_bytes=i.max_image_bytes, max_image_pixels=i.max_image_pixels,
             max_top_k=i.max_top_k, max_in_flight=i.max_in_flight, context_length=i.context_length,
-            max_request_bytes=i.max_request_bytes,
+            max_request_bytes=i.max_request_bytes, max_batch_tokens=i.max_batch_tokens,
+            max_batch_pixels=i.max_batch_pixels, max_inflight_pixels=i.max_inflight_pixels,
+            max_batch_wait_us=i.max_batch_wait_us,
         )  # fmt: skip
         return pb.InfoResponse(
             model_name=i.model_name, model_version=i.model_version, dim=i.dim,
@@ -164,7 +189,20 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
             context_length=i.context_length, limits=limits, backend=i.backend, device=i.device,
             providers=i.providers, index_kind=i.index_kind,
             default_collection=i.default_collection, server_version=i.server_version,
+            auth_required=i.auth_required,
         )  # fmt: skip
 
 
-__all__ = ["ClipServeServicer", "content_from_proto", "payload_from_proto"]
+# -- proto <-> domain (the index API's conversions live in serving/convert.py) ---------------
+
+
+def embedding_to_proto(result: Embeddings, i: int) -> pb.Embedding:
+    tokens = result.tokens[i] if result.tokens else 0
+    return pb.Embedding(
+        values=result.vectors[i].tolist(), modality=_MODALITY[result.kinds[i]],
+        truncated=result.truncated(i), tokens=tokens,
+        original_tokens=result.original_tokens[i] if result.tokens else 0,
+    )  # fmt: skip
+
+
+__all__ = ["ClipServeServicer", "content_from_proto", "embedding_to_proto", "payload_from_proto"]
