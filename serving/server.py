@@ -38,6 +38,7 @@ from clipserve.serving import memory
 from clipserve.serving.backend import EmbeddingBackend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
 from clipserve.serving.config import ServerConfig
+from clipserve.serving.errors import BackendUnavailable
 from clipserve.serving.index_service import IndexService
 from clipserve.serving.interceptor import CallInterceptor
 from clipserve.serving.request_context import RequestIdFilter
@@ -116,8 +117,12 @@ async def create_server(
     try:
         try:
             await index_service.ensure_default_collection()
-        except (RuntimeError, OSError) as exc:  # e.g. the index directory is held by another
-            raise StartupError(f"cannot open collection {config.collection!r}: {exc}") from exc
+        except (RuntimeError, OSError, BackendUnavailable) as exc:
+            # e.g. the index directory is held by another process; name the index's own error
+            cause = exc.__context__ if isinstance(exc, BackendUnavailable) else exc
+            raise StartupError(
+                f"cannot open collection {config.collection!r}: {cause or exc}"
+            ) from exc
         server, port, health = _build_grpc_server(config, service, index_service, api_keys)
     except BaseException:
         index_service.close()
