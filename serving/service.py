@@ -92,6 +92,8 @@ class ServiceInfo:
     max_in_flight: int
     max_request_bytes: int
     server_version: str
+    precision: str = "fp32"
+    model_variant: str = "default"
 
 
 class EmbeddingService:
@@ -190,6 +192,8 @@ class EmbeddingService:
             max_in_flight=cfg.max_in_flight,
             max_request_bytes=cfg.max_request_bytes,
             server_version=_server_version(),
+            precision=b.precision,
+            model_variant=b.model_variant,
         )
 
     async def ensure_collection(self, name: str) -> None:

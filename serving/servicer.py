@@ -101,6 +101,7 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
             context_length=i.context_length, limits=limits, backend=i.backend, device=i.device,
             providers=i.providers, index_kind=i.index_kind,
             default_collection=i.default_collection, server_version=i.server_version,
+            precision=i.precision, model_variant=i.model_variant,
         )  # fmt: skip
 
 
