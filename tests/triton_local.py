@@ -1,12 +1,14 @@
 """A real `tritonserver` for tests, from the nvidia-pytriton wheel, run as a subprocess.
 
 The wheel ships tritonserver 2.51 with its python backend (not the onnxruntime backend), and
-pins numpy < 2, so it lives in its own `--target` directory, `.triton-env` (made by
-`make triton-env`, or by `ensure_env` on first use), next to numpy 1.26 and onnxruntime for the
-python-backend models; the project's own environment keeps its numpy. Launching follows
-pytriton's own `Triton._prepare_triton_inference_server`: the backends directory is copied to a
-workspace, the stub built for this Python is put into backends/python, and the bundled
-libraries (nvidia_pytriton.libs) plus this Python's libpython directory go on LD_LIBRARY_PATH.
+pins numpy < 2, so it lives in its own virtualenv, `.triton-env` (made by `make triton-env`, or
+by `ensure_env` on first use), with numpy 1.26 and onnxruntime for the python-backend models;
+the project's own environment keeps its numpy. Launching follows pytriton's own
+`Triton._prepare_triton_inference_server` / `TritonServer._get_env`: the backends directory is
+copied to a workspace, the stub built for this Python is put into backends/python, the bundled
+libraries (nvidia_pytriton.libs) plus this Python's libpython directory go on LD_LIBRARY_PATH,
+and the virtualenv's bin/ goes first on PATH: the stub's embedded interpreter ignores
+PYTHONPATH and takes its environment from the `python3` it finds on PATH.
 """
 
 from __future__ import annotations
@@ -27,13 +29,21 @@ PYTRITON = "nvidia-pytriton==0.7.0"
 ENV_PACKAGES = ("numpy==1.26.*", "onnxruntime")
 
 
+def _site_packages(env: Path) -> Path:
+    return env / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+
+
 def ensure_env(env: Path = ENV_DIR) -> Path:
-    """The tritonserver environment, installed with pip on first use (~300 MB, 1-2 min)."""
+    """The tritonserver virtualenv, installed with pip on first use (~300 MB, 1-2 min)."""
     stamp = env / ".installed"
     if stamp.is_file():
         return env
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--target", str(env)]  # fmt: skip
+    shutil.rmtree(env, ignore_errors=True)
+    # The stub embeds this interpreter's libpython, so the venv must use this same Python.
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    subprocess.run([str(base), "-m", "venv", str(env)], check=True)
+    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet",
+           "--disable-pip-version-check"]  # fmt: skip
     # --no-deps: only its files are needed (the binary, backends, stubs, libraries); its
     # Python dependencies would pull tritonclient and friends in a second time.
     subprocess.run([*pip, "--no-deps", PYTRITON], check=True)
@@ -53,7 +63,8 @@ class TritonServer:
 
     def __init__(self, repository: Path, models: list[str], env: Path = ENV_DIR) -> None:
         self.env = ensure_env(env)
-        dist = self.env / "pytriton" / "tritonserver"
+        site = _site_packages(self.env)
+        dist = site / "pytriton" / "tritonserver"
         self.binary = dist / "bin" / "tritonserver"
         self.workspace = Path(tempfile.mkdtemp(prefix="tritonserver-"))
         backends = self.workspace / "backends"
@@ -66,12 +77,14 @@ class TritonServer:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = self.workspace / "tritonserver.log"
-        libs = [str(self.env / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
+        libs = [str(site / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
         environ = dict(os.environ)
         environ["LD_LIBRARY_PATH"] = ":".join(
             libs + [p for p in [environ.get("LD_LIBRARY_PATH")] if p]
         )
-        environ["PYTHONPATH"] = str(self.env)  # numpy 1.26 + onnxruntime for the stub
+        environ["PATH"] = f"{self.env / 'bin'}:{environ.get('PATH', '')}"
+        environ.pop("PYTHONPATH", None)
+        environ.pop("PYTHONHOME", None)
         environ["OMP_NUM_THREADS"] = environ.get("OMP_NUM_THREADS", "1")
         cmd = [
             str(self.binary),
