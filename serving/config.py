@@ -57,6 +57,26 @@ class ServerConfig:
     inference_workers: int = 2  # threads running backend calls concurrently
     grace_s: float = 10.0  # how long a graceful stop lets in-flight calls finish
     health_interval_s: float = 10.0  # period of the backend probe behind the health status
+    # Dynamic batching across requests (serving/batcher.py), per modality. A batch closes when
+    # it holds max_batch items, when the next item would pass its budget, or max_batch_wait_us
+    # after its oldest item arrived (it only starts waiting once an inference worker is free).
+    max_batch_tokens: int = 8192  # text: rows x longest row (padded tokens) per batch
+    max_batch_pixels: int = 64 * 224 * 224  # images: model-input pixels per batch
+    max_batch_wait_us: int = 2000
+    max_queued_items: int = 4096  # items waiting for inference; more = RESOURCE_EXHAUSTED
+    # Memory (serving/budget.py): decoded pixels held at once, all requests together. A
+    # decoded pixel costs at most 4 bytes and a preprocessed model-input pixel 3 units
+    # (three float32 channels), so decoded image memory stays under ~4 bytes x this.
+    max_inflight_pixels: int = 100_000_000
+    admission_wait_s: float = 30.0  # longest wait for budget before RESOURCE_EXHAUSTED
+    decode_workers: int = 2  # threads decoding images / tokenizing texts
+    # Operations.
+    metrics_port: int | None = None  # Prometheus /metrics on this port; None = off
+    metrics_host: str = "127.0.0.1"
+    api_key: str | None = None  # clients send it as metadata `x-api-key`; None = no auth
+    api_key_file: Path | None = None  # one key per line (rotation: several at once)
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS only
+    tls_key: Path | None = None
     # Backend (serving/backend_factory.py): in-process ONNX Runtime or a Triton server.
     backend: str = "onnxruntime"  # "onnxruntime" | "triton"
     triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint (backend "triton")
@@ -65,8 +85,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         # Accept str paths from callers, store Paths: frozen, so go through object.__setattr__.
         object.__setattr__(self, "bundle", Path(self.bundle))
-        if self.index_path is not None:
-            object.__setattr__(self, "index_path", Path(self.index_path))
+        for name in ("index_path", "api_key_file", "tls_cert", "tls_key"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         if not str(self.bundle):
             raise ValueError("bundle: a model bundle directory is required")
         if not self.host:
@@ -89,6 +110,12 @@ class ServerConfig:
             "max_in_flight",
             "max_request_bytes",
             "inference_workers",
+            "max_batch_tokens",
+            "max_batch_pixels",
+            "max_batch_wait_us",
+            "max_queued_items",
+            "max_inflight_pixels",
+            "decode_workers",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -113,10 +140,35 @@ class ServerConfig:
             )
         if self.max_request_bytes >= 2**31:
             raise ValueError("max_request_bytes: gRPC messages must be under 2 GiB")
+        if self.max_inflight_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_image_pixels "
+                f"({self.max_image_pixels}): the largest allowed image must fit on its own"
+            )
+        if self.admission_wait_s < 0:
+            raise ValueError(f"admission_wait_s: must be >= 0, got {self.admission_wait_s}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port: {self.metrics_port} is not in [0, 65535]")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls: give both tls_cert and tls_key, or neither")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key: must not be blank")
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def api_keys(self) -> frozenset[str]:
+        """Every accepted API key (`api_key` and the lines of `api_key_file`); empty = no
+        auth. Reads the file, so call it once at startup; OSError / ValueError if unusable."""
+        keys = {self.api_key.strip()} if self.api_key else set()
+        if self.api_key_file is not None:
+            lines = self.api_key_file.read_text().splitlines()
+            file_keys = {line.strip() for line in lines if line.strip()}
+            if not file_keys:
+                raise ValueError(f"api_key_file {self.api_key_file} holds no key")
+            keys |= file_keys
+        return frozenset(keys)
 
     @property
     def provider_list(self) -> str | list[str]:
@@ -166,4 +218,15 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "inference_workers": int,
     "grace_s": float,
     "health_interval_s": float,
+    "max_batch_tokens": int,
+    "max_batch_pixels": int,
+    "max_batch_wait_us": int,
+    "max_queued_items": int,
+    "max_inflight_pixels": int,
+    "admission_wait_s": float,
+    "decode_workers": int,
+    "metrics_port": int,
+    "api_key_file": Path,
+    "tls_cert": Path,
+    "tls_key": Path,
 }

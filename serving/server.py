@@ -1,9 +1,14 @@
 """The gRPC server: wiring, lifecycle and the `clipserve serve` command.
 
 `create_server(config)` builds the backend, the index and the service, registers the ClipServe
-servicer, gRPC health (per service) and server reflection, binds, starts, and warms the backend
-up before reporting SERVING. `shutdown(server)` drains in-flight calls and releases everything;
-a plain `server.stop()` works too (resources are released once the server has terminated).
+servicer, gRPC health (per service) and server reflection, binds (TLS when configured),
+starts, and warms the backend up before reporting SERVING. `shutdown(server)` drains in-flight
+calls and releases everything; a plain `server.stop()` works too (resources are released once
+the server has terminated).
+
+Health service names: `clipserve.v1.ClipServe` and "" are readiness (inference and index work:
+serving/health.py); `liveness` is SERVING while the server runs at all (a restart would not
+help a server that is merely not ready).
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from clipserve.index.base import VectorIndex
 from clipserve.index.factory import open_index
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
+from clipserve.serving import memory
 from clipserve.serving.backend import BackendStartupError, EmbeddingBackend
 from clipserve.serving.backend_factory import make_backend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
 from clipserve.serving.config import ServerConfig
+from clipserve.serving.interceptor import CallInterceptor
+from clipserve.serving.request_context import RequestIdFilter
 from clipserve.serving.service import EmbeddingService
 from clipserve.serving.servicer import ClipServeServicer
 from clipserve.serving.tokenizer import ClipTokenizer
@@ -40,6 +48,7 @@ from clipserve.serving.tokenizer import ClipTokenizer
 log = logging.getLogger("clipserve.serving")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ClipServe"].full_name  # "clipserve.v1.ClipServe"
+LIVENESS_SERVICE = "liveness"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -51,6 +60,7 @@ class _Runtime:
     service: EmbeddingService
     health: HealthServicer
     supervisor: asyncio.Task[None] | None = None
+    metrics_port: int | None = None
 
 
 _RUNNING: dict[grpc.aio.Server, _Runtime] = {}
@@ -73,6 +83,7 @@ async def create_server(
     periodic probe keeps it truthful. Raises BundleError / ValueError on bad configuration and
     StartupError if the index cannot be opened, the port bound, or the warm-up fails.
     """
+    api_keys = config.api_keys()  # OSError / ValueError before anything is built
     manifest = await asyncio.to_thread(load_manifest, config.bundle)
     tokenizer = ClipTokenizer.from_bundle(config.bundle, manifest)
     model: EmbeddingBackend = (
@@ -89,14 +100,23 @@ async def create_server(
         except BaseException:
             model.close()
             raise
+    assert index is not None
     kind = getattr(index, "kind", type(index).__name__)
-    service = EmbeddingService(config, manifest, model, tokenizer, index, index_kind=kind)
+    try:
+        service = EmbeddingService(
+            config, manifest, model, tokenizer, index, index_kind=kind,
+            auth_required=bool(api_keys),
+        )  # fmt: skip
+    except BaseException:
+        model.close()
+        index.close()
+        raise
     try:
         try:
             await service.ensure_collection(config.collection)
         except (RuntimeError, OSError) as exc:  # e.g. the index directory is held by another
             raise StartupError(f"cannot open collection {config.collection!r}: {exc}") from exc
-        server, port, health = _build_grpc_server(config, service)
+        server, port, health = _build_grpc_server(config, service, api_keys)
     except BaseException:
         service.close()
         raise
@@ -104,13 +124,39 @@ async def create_server(
     await _set_health(health, serving=False)
     runtime = _Runtime(service, health)
     _RUNNING[server] = runtime
+
+    async def readiness(serving: bool) -> None:
+        if server in _RUNNING:  # after shutdown began, health stays NOT_SERVING
+            await _set_health(health, serving=serving)
+
     await server.start()
+    await health.set(LIVENESS_SERVICE, _SERVING)
     runtime.supervisor = asyncio.create_task(_supervise(server, runtime, config))
-    if not await service.probe():
+    if not await service.start():
         await shutdown(server, grace_s=0)
-        raise StartupError("backend warm-up embed failed; see the log for the traceback")
+        raise StartupError("warm-up failed (inference or index); see the log for the traceback")
+    service.readiness_listeners.append(readiness)
     await _set_health(health, serving=True)
+    if config.metrics_port is not None:
+        try:
+            runtime.metrics_port = service.metrics.serve(config.metrics_port, config.metrics_host)
+        except OSError as exc:
+            await shutdown(server, grace_s=0)
+            raise StartupError(
+                f"cannot serve metrics on port {config.metrics_port}: {exc}"
+            ) from exc
     return server, port
+
+
+def metrics_port(server: grpc.aio.Server) -> int | None:
+    """The bound /metrics port of a running server (None when metrics are off)."""
+    runtime = _RUNNING.get(server)
+    return None if runtime is None else runtime.metrics_port
+
+
+def service_of(server: grpc.aio.Server) -> EmbeddingService:
+    """The service behind a running server (tests, embedding the server in a process)."""
+    return _RUNNING[server].service
 
 
 def _make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
@@ -121,13 +167,17 @@ def _make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
 
 
 def _build_grpc_server(
-    config: ServerConfig, service: EmbeddingService
+    config: ServerConfig, service: EmbeddingService, api_keys: frozenset[str]
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     server = grpc.aio.server(
+        interceptors=[CallInterceptor(service.metrics, api_keys)],
         options=[
+            # One limit both ways: the largest request is max_request_bytes, and the largest
+            # response (max_batch embeddings) is far smaller.
             ("grpc.max_receive_message_length", config.max_request_bytes),
+            ("grpc.max_send_message_length", config.max_request_bytes),
             ("grpc.so_reuseport", 0),  # port 0 must mean a port nobody else is using
-        ]
+        ],
     )
     pb_grpc.add_ClipServeServicer_to_server(ClipServeServicer(service), server)
     health = HealthServicer()
@@ -138,7 +188,15 @@ def _build_grpc_server(
         server,
     )  # fmt: skip
     try:
-        port = server.add_insecure_port(config.address)
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(config.address, credentials)
+        else:
+            port = server.add_insecure_port(config.address)
+    except OSError as exc:
+        raise StartupError(f"cannot read the TLS certificate or key: {exc}") from exc
     except RuntimeError as exc:
         raise StartupError(f"cannot bind {config.address}: {exc}") from exc
     if port == 0:
@@ -153,18 +211,16 @@ async def _set_health(health: HealthServicer, *, serving: bool) -> None:
 
 
 async def _supervise(server: grpc.aio.Server, runtime: _Runtime, config: ServerConfig) -> None:
-    """Probe the backend every `health_interval_s` while the server runs; once it has
-    terminated (or the loop is going away), release the backend and the index."""
-    terminated = asyncio.ensure_future(server.wait_for_termination())
+    """Once the server has terminated (or the loop is going away), stop the service's loops
+    and release the backend, the index and the metrics endpoint. (Readiness itself is kept
+    by the service's HealthMonitor.)"""
     try:
-        while not terminated.done():
-            done, _ = await asyncio.wait({terminated}, timeout=config.health_interval_s)
-            if not done:
-                healthy = await runtime.service.probe(timeout_s=config.health_interval_s)
-                await _set_health(runtime.health, serving=healthy)
+        await server.wait_for_termination()
     finally:
-        terminated.cancel()
         _RUNNING.pop(server, None)
+        runtime.service.metrics.close()
+        with contextlib.suppress(Exception):
+            await runtime.service.aclose()
         # Off the loop: closing waits for worker threads still finishing a backend call.
         await asyncio.to_thread(runtime.service.close)
 
@@ -198,7 +254,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--index-path", type=Path, help="directory of the embedded Qdrant index")
     p.add_argument("--qdrant-url", help="a Qdrant server instead of the embedded index")
     p.add_argument("--collection", help=f"default collection (default {d['collection'].default})")
+    p.add_argument("--qdrant-api-key", help="API key of the Qdrant server")
     p.add_argument("--providers", help="'auto' or comma-separated ONNX Runtime providers")
+    p.add_argument("--inference-workers", type=int, help="batches run at once (default 2)")
+    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per batch")
+    p.add_argument("--max-batch-wait-us", type=int, help="longest wait for a batch to fill")
+    p.add_argument("--max-inflight-pixels", type=int, help="decoded-pixel budget, all requests")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--api-key-file", type=Path, help="require one of these keys (x-api-key)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument("--max-batch", type=int, help=f"default {d['max_batch'].default}")
     p.add_argument("--max-in-flight", type=int, help=f"default {d['max_in_flight'].default}")
     p.add_argument(
@@ -217,8 +282,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
+    memory.tune_allocator()  # before the first large decode (see serving/memory.py)
     config = ServerConfig.from_env(
         bundle=args.bundle,
         host=args.host,
@@ -226,7 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         index_path=args.index_path,
         qdrant_url=args.qdrant_url,
         collection=args.collection,
+        qdrant_api_key=args.qdrant_api_key,
         providers=args.providers,
+        inference_workers=args.inference_workers,
+        intra_op_threads=args.intra_op_threads,
+        max_batch_wait_us=args.max_batch_wait_us,
+        max_inflight_pixels=args.max_inflight_pixels,
+        metrics_port=args.metrics_port,
+        api_key_file=args.api_key_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         max_batch=args.max_batch,
         max_in_flight=args.max_in_flight,
         grace_s=args.grace_s,
@@ -236,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # ValueError -> the CLI prints it as a user error
     try:
         asyncio.run(_serve(config, args.port_file))
-    except (BundleError, StartupError) as exc:
+    except (BundleError, StartupError, OSError) as exc:
         print(f"clipserve serve: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -250,6 +328,9 @@ async def _serve(config: ServerConfig, port_file: Path | None) -> None:
         info.model_name, info.model_version[:12], info.dim, config.host, port,
         info.backend, ",".join(info.providers), info.index_kind, info.default_collection,
     )  # fmt: skip
+    mport = metrics_port(server)
+    if mport is not None:
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, mport)
     if port_file is not None:
         _write_atomic(port_file, f"{port}\n")
     stop = asyncio.Event()

@@ -1,19 +1,26 @@
 """`EmbeddingService`: the serving logic between the gRPC servicer and the backend/index.
 
 It validates every request as a whole before doing any work (a rejected request embeds and
-stores nothing), enforces the configured limits, tokenizes and preprocesses, runs the backend
-and the index on worker threads so the event loop never blocks, and maps index errors to the
-domain errors of `serving/errors.py`. It knows nothing about protobuf.
+stores nothing), enforces the configured limits, hands embedding to the `Embedder` (bounded
+decoding, cross-request batching: serving/embedder.py, serving/batcher.py), runs the index on
+worker threads so the event loop never blocks, maps index errors to the domain errors of
+`serving/errors.py`, and feeds readiness (serving/health.py) and metrics from what real
+requests find. It knows nothing about protobuf.
+
+For other services (the index service): `await service.embed(contents, truncate=...)` is the
+one way to get vectors, and `await service.index_call(fn, *args)` the one way to run an index
+operation (worker thread, failures -> UNAVAILABLE + readiness off, successes count as health).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib.metadata
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,31 +39,26 @@ from clipserve.index.ids import content_id
 from clipserve.serving.backend import EmbeddingBackend
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import COLLECTION_RULE, ServerConfig, is_valid_collection_name
-from clipserve.serving.errors import InvalidInput, NotFound, Overloaded
-from clipserve.serving.preprocess import decode_image, preprocess
+from clipserve.serving.embedder import Content, Embedder, Embeddings, input_label
+from clipserve.serving.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    ServingError,
+    grpc_status,
+)
+from clipserve.serving.health import INDEX, INFERENCE, HealthMonitor
+from clipserve.serving.metrics import Metrics
+from clipserve.serving.preprocess import preprocess
 from clipserve.serving.tokenizer import ClipTokenizer
+
+__all__ = ["Content", "Embeddings", "EmbeddingService", "StreamItem", "StreamResult", "UpsertItem"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 10
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Content:
-    """One input: exactly one of `text` / `image` (encoded bytes) must be set."""
-
-    text: str | None = None
-    image: bytes | None = None
-
-    @property
-    def kind(self) -> str:
-        return "text" if self.text is not None else "image"
-
-    @property
-    def data(self) -> bytes:
-        """The bytes the point id is derived from."""
-        return self.text.encode("utf-8") if self.text is not None else (self.image or b"")
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,22 @@ class UpsertItem:
 
 
 @dataclass(frozen=True)
-class Embeddings:
-    vectors: np.ndarray  # float32 [N, dim], rows L2-normalised, in input order
-    kinds: tuple[str, ...]  # "text" | "image" per row
-    model_version: str
+class StreamItem:
+    """One EmbedStream item: the client's id, what to embed, whether to truncate."""
+
+    id: int
+    content: Content
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Exactly one of `embeddings` (one row) / `error_code` (a gRPC status name) is set."""
+
+    id: int
+    embeddings: Embeddings | None = None
+    error_code: str = ""
+    error_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,13 +105,24 @@ class ServiceInfo:
     max_top_k: int
     max_in_flight: int
     max_request_bytes: int
+    max_batch_tokens: int
+    max_batch_pixels: int
+    max_inflight_pixels: int
+    max_batch_wait_us: int
+    auth_required: bool
     server_version: str
     precision: str = "fp32"
     model_variant: str = "default"
 
 
+_ADMITTED: contextvars.ContextVar[bool] = contextvars.ContextVar("admitted", default=False)
+
+
 class EmbeddingService:
-    """Owns the backend, tokenizer and index it is given; `close()` releases them."""
+    """Owns the backend, tokenizer and index it is given; `close()` releases them.
+
+    Create it, then `await start()` on the serving loop (batchers, health loop); `aclose()`
+    there, then `close()` anywhere to release threads, backend and index."""
 
     def __init__(
         self,
@@ -107,6 +132,8 @@ class EmbeddingService:
         tokenizer: ClipTokenizer,
         index: VectorIndex,
         index_kind: str = "",
+        *,
+        auth_required: bool = False,
     ) -> None:
         self.config = config
         self.manifest = manifest
@@ -114,37 +141,109 @@ class EmbeddingService:
         self.tokenizer = tokenizer
         self.index = index
         self.index_kind = index_kind or type(index).__name__
+        self.auth_required = auth_required
+        self.metrics = Metrics()
         self._in_flight = 0
         self._known_collections: set[str] = set()
-        # Separate pools so slow inference never starves cheap index calls (and vice versa).
-        # ONNX Runtime sessions and both index implementations are thread-safe.
-        self._infer_pool = ThreadPoolExecutor(config.inference_workers, "clipserve-infer")
+        self.readiness_listeners: list[Callable[[bool], Awaitable[None]]] = []
+        self.health = HealthMonitor(
+            {INFERENCE: self._probe_sync, INDEX: self._probe_index_sync},
+            self._readiness_changed,
+            interval_s=config.health_interval_s,
+        )
+        self.embedder = Embedder(
+            config, manifest, backend, tokenizer,
+            observer=_BatchObserver(self.metrics, self.health),
+            on_budget=self.metrics.inflight_pixels.set,
+        )  # fmt: skip
+        # Index calls have their own threads so slow inference never starves them.
+        # Both index implementations are thread-safe.
         self._index_pool = ThreadPoolExecutor(4, "clipserve-index")
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> bool:
+        """Warm up (probe inference and the index once) and start the health loop; returns
+        whether both work."""
+        ready = await self.health.check()
+        self._health_task = asyncio.get_running_loop().create_task(self.health.run())
+        return ready
 
     # -- public API (each call counts against max_in_flight) ---------------------------------
 
-    async def embed(self, inputs: Sequence[Content]) -> Embeddings:
-        async with self._admit():
-            self._check_batch(inputs, "inputs")
-            vectors = await self._run(self._infer_pool, self._embed_sync, list(inputs))
-            return Embeddings(vectors, tuple(c.kind for c in inputs), self.manifest.version)
+    async def embed(self, contents: Sequence[Content], truncate: bool = False) -> Embeddings:
+        """Vectors for `contents` (1..max_batch texts / encoded images), in order.
 
-    async def upsert(self, collection: str, items: Sequence[UpsertItem]) -> tuple[str, list[str]]:
-        """Embed and store `items`; returns (collection, ids in item order)."""
+        Long texts raise InvalidInput unless `truncate`; then they are cut to the context and
+        `Embeddings.truncations` lists them. Counts against max_in_flight unless the caller
+        is already admitted (an Upsert calling this). Errors: InvalidInput (names the input),
+        Overloaded, DeadlineExceeded, BackendUnavailable."""
+        async with self._admit():
+            self._check_batch(contents, "inputs")
+            return await self.embedder.embed(contents, truncate=truncate)
+
+    async def embed_stream(self, items: AsyncIterable[StreamItem]) -> AsyncIterator[StreamResult]:
+        """One result per item, in completion order; a bad item gets an error result and
+        the stream goes on. At most max_batch items of one stream are in work at once (the
+        rest wait in gRPC's flow control); the stream counts once against max_in_flight."""
+        async with self._admit():
+            window = asyncio.Semaphore(self.config.max_batch)
+            results: asyncio.Queue[StreamResult | None] = asyncio.Queue()
+            tasks: set[asyncio.Task[None]] = set()
+
+            async def one(item: StreamItem) -> None:
+                try:
+                    label = lambda _: f"item {item.id}"  # noqa: E731
+                    self._check_batch([item.content], "inputs", label)
+                    emb = await self.embedder.embed(
+                        [item.content], truncate=item.truncate, label=label
+                    )
+                    await results.put(StreamResult(item.id, emb))
+                except ServingError as exc:
+                    await results.put(StreamResult(item.id, None, grpc_status(exc).name, str(exc)))
+                except Exception:
+                    log.exception("stream item %d failed with an unexpected error", item.id)
+                    await results.put(StreamResult(item.id, None, "INTERNAL", "internal error"))
+                finally:
+                    window.release()
+
+            async def read() -> None:
+                try:
+                    async for item in items:
+                        await window.acquire()
+                        task = asyncio.get_running_loop().create_task(one(item))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    while tasks:
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                finally:
+                    await results.put(None)
+
+            reader = asyncio.get_running_loop().create_task(read())
+            try:
+                while (result := await results.get()) is not None:
+                    yield result
+                await reader  # re-raises a failure of the request stream itself
+            finally:
+                reader.cancel()
+                for task in list(tasks):
+                    task.cancel()
+
+    async def upsert(
+        self, collection: str, items: Sequence[UpsertItem], truncate: bool = False
+    ) -> tuple[str, list[str], list[tuple[int, int, int]]]:
+        """Embed and store `items`; returns (collection, ids in item order, truncations)."""
         async with self._admit():
             name = self._collection(collection)
             self._check_batch([it.content for it in items], "items")
-            vectors = await self._run(
-                self._infer_pool, self._embed_sync, [it.content for it in items]
-            )
+            emb = await self.embedder.embed([it.content for it in items], truncate=truncate)
             ids = [content_id(it.content.kind, it.content.data) for it in items]
             # The same content twice in one request is one point: the last payload wins.
             points = {
                 pid: Point(pid, vec, dict(it.payload))
-                for pid, vec, it in zip(ids, vectors, items, strict=True)
+                for pid, vec, it in zip(ids, emb.vectors, items, strict=True)
             }
-            await self._run(self._index_pool, self._upsert_sync, name, list(points.values()))
-            return name, ids
+            await self.index_call(self._upsert_sync, name, list(points.values()))
+            return name, ids, emb.truncations
 
     async def query(
         self,
@@ -154,22 +253,27 @@ class EmbeddingService:
         vector: Sequence[float] | np.ndarray | None = None,
         top_k: int | None = None,
         filter: Filter | None = None,
-    ) -> list[Hit]:
-        """Nearest stored points to `content` (embedded) or `vector` (normalised here)."""
+        truncate: bool = False,
+    ) -> tuple[list[Hit], bool]:
+        """Nearest stored points to `content` (embedded) or `vector` (normalised here);
+        returns (hits, whether the query text was truncated)."""
         async with self._admit():
             name = self._collection(collection)
             k = self._top_k(top_k)
             _check_filter(filter)
             if (content is None) == (vector is None):
                 raise InvalidInput("query: set exactly one of text, image or vector")
+            truncated = False
             if vector is not None:
                 query_vec = self._check_vector(vector)
             else:
                 assert content is not None
-                self._check_batch([content], "query")
-                vecs = await self._run(self._infer_pool, self._embed_sync, [content], True)
-                query_vec = vecs[0]
-            return await self._run(self._index_pool, self._search_sync, name, query_vec, k, filter)
+                label = lambda _: "query"  # noqa: E731
+                self._check_batch([content], "query", label)
+                emb = await self.embedder.embed([content], truncate=truncate, label=label)
+                query_vec, truncated = emb.vectors[0], emb.truncated(0)
+            hits = await self.index_call(self._search_sync, name, query_vec, k, filter)
+            return hits, truncated
 
     def info(self) -> ServiceInfo:
         cfg, m, b = self.config, self.manifest, self.backend.info
@@ -191,6 +295,11 @@ class EmbeddingService:
             max_top_k=cfg.max_top_k,
             max_in_flight=cfg.max_in_flight,
             max_request_bytes=cfg.max_request_bytes,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_pixels=cfg.max_batch_pixels,
+            max_inflight_pixels=self.embedder.budget.capacity,
+            max_batch_wait_us=cfg.max_batch_wait_us,
+            auth_required=self.auth_required,
             server_version=_server_version(),
             precision=b.precision,
             model_variant=b.model_variant,
@@ -200,18 +309,43 @@ class EmbeddingService:
         """Create `name` with the model's dimension if missing (startup: the default one)."""
         await self._run(self._index_pool, self._ensure_sync, self._collection(name))
 
-    async def probe(self, timeout_s: float = 30.0) -> bool:
-        """Can the backend embed right now? One tiny text and one blank image, with a timeout,
-        so a wedged backend reads as unhealthy instead of hanging the caller."""
+    async def index_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run an index operation on the index threads. Domain errors (ServingError,
+        CollectionNotFound, DimensionMismatch) and ValueError/TypeError pass through; any
+        other failure is the index failing: logged, readiness re-checked at once, and raised
+        as BackendUnavailable (UNAVAILABLE)."""
         try:
-            await asyncio.wait_for(self._run(self._infer_pool, self._probe_sync), timeout=timeout_s)
+            result = await self._run(self._index_pool, fn, *args)
+        except (ServingError, CollectionNotFound, DimensionMismatch, ValueError, TypeError):
+            self.health.record_success(INDEX)  # the index answered
+            raise
+        except Exception as exc:
+            log.exception("index call %s failed", getattr(fn, "__name__", fn))
+            self.health.record_failure(INDEX)
+            raise BackendUnavailable(f"the index is unavailable ({type(exc).__name__})") from None
+        self.health.record_success(INDEX)
+        return result
+
+    async def probe(self, timeout_s: float = 30.0) -> bool:
+        """Can the backend embed right now? (the health monitor's inference probe, once)."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._probe_sync), timeout=timeout_s)
             return True
         except Exception:
             log.exception("backend probe failed")
             return False
 
+    async def aclose(self) -> None:
+        """On the serving loop: stop the health loop and the batchers."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self.embedder.close()
+
     def close(self) -> None:
-        self._infer_pool.shutdown(wait=True, cancel_futures=True)
+        self.health.close()
+        self.embedder.shutdown_threads()
         self._index_pool.shutdown(wait=True, cancel_futures=True)
         for resource in (self.backend, self.index):
             try:
@@ -223,6 +357,9 @@ class EmbeddingService:
 
     @contextlib.asynccontextmanager
     async def _admit(self) -> AsyncIterator[None]:
+        if _ADMITTED.get():  # nested (e.g. the index service calling embed): counted once
+            yield
+            return
         # Reject rather than queue: a queue hides overload from the client and grows latency.
         if self._in_flight >= self.config.max_in_flight:
             raise Overloaded(
@@ -230,10 +367,19 @@ class EmbeddingService:
                 f"(max_in_flight={self.config.max_in_flight}); retry with backoff"
             )
         self._in_flight += 1
+        self.metrics.inflight_requests.set(self._in_flight)
+        token = _ADMITTED.set(True)
         try:
             yield
         finally:
+            _ADMITTED.reset(token)
             self._in_flight -= 1
+            self.metrics.inflight_requests.set(self._in_flight)
+
+    async def _readiness_changed(self, serving: bool) -> None:
+        self.metrics.ready.set(1 if serving else 0)
+        for listener in self.readiness_listeners:
+            await listener(serving)
 
     def _collection(self, name: str) -> str:
         if not name:
@@ -262,17 +408,18 @@ class EmbeddingService:
             raise InvalidInput("query vector has zero (or overflowing) norm; it has no direction")
         return vec / norm
 
-    def _check_batch(self, inputs: Sequence[Content], what: str) -> None:
+    def _check_batch(
+        self, inputs: Sequence[Content], what: str, label: Callable[[int], str] = input_label
+    ) -> None:
         """Cheap checks on the event loop: counts, presence, text length. Token counts and
-        images (size, pixels, decoding: `decode_image`) are checked on the worker
-        (`_embed_sync`), still before any inference."""
+        images (size, pixels, decoding) are checked by the Embedder, before any inference."""
         cfg = self.config
         if not inputs:
             raise InvalidInput(f"request has no {what}; send 1 to {cfg.max_batch}")
         if len(inputs) > cfg.max_batch:
             raise InvalidInput(f"request has {len(inputs)} {what}; the limit is {cfg.max_batch}")
         for i, c in enumerate(inputs):
-            where = "query" if what == "query" else f"input {i}"
+            where = label(i)
             if (c.text is None) == (c.image is None):
                 raise InvalidInput(f"{where}: set exactly one of text or image")
             if c.text is not None:
@@ -290,44 +437,6 @@ class EmbeddingService:
         fut: Awaitable[T] = loop.run_in_executor(pool, fn, *args)
         return await fut
 
-    def _embed_sync(self, inputs: list[Content], is_query: bool = False) -> np.ndarray:
-        """Tokenize / decode everything first (so a bad item rejects the request before any
-        inference), then one backend call per modality; rows come back in input order."""
-        m = self.manifest
-
-        def where(i: int) -> str:
-            return "query" if is_query else f"input {i}"
-
-        text_pos = [i for i, c in enumerate(inputs) if c.text is not None]
-        image_pos = [i for i, c in enumerate(inputs) if c.text is None]
-        token_ids = (
-            self.tokenizer.encode([inputs[i].text or "" for i in text_pos]) if text_pos else []
-        )
-        for i, ids in zip(text_pos, token_ids, strict=True):
-            if len(ids) > m.context_length:
-                raise InvalidInput(
-                    f"{where(i)}: text is {len(ids)} tokens; this model accepts at most "
-                    f"{m.context_length} including start/end tokens"
-                )
-        images = []
-        for i in image_pos:
-            try:
-                images.append(
-                    decode_image(
-                        inputs[i].image or b"",
-                        max_bytes=self.config.max_image_bytes,
-                        max_pixels=self.config.max_image_pixels,
-                    )
-                )
-            except InvalidInput as exc:
-                raise InvalidInput(f"{where(i)}: {exc}") from None
-        out = np.empty((len(inputs), m.embed_dim), dtype=np.float32)
-        if text_pos:
-            out[text_pos] = self.backend.embed_texts(self.tokenizer.pad(token_ids))
-        if image_pos:
-            out[image_pos] = self.backend.embed_images(preprocess(images, m))
-        return out
-
     def _probe_sync(self) -> None:
         from PIL import Image
 
@@ -340,6 +449,12 @@ class EmbeddingService:
         )
         if vecs.shape != (2, self.manifest.embed_dim) or not np.all(np.isfinite(vecs)):
             raise RuntimeError(f"backend returned {vecs.shape} / non-finite embeddings")
+
+    def _probe_index_sync(self) -> None:
+        # The index answered if it says the collection is missing: a dropped default
+        # collection is not a broken index.
+        with contextlib.suppress(CollectionNotFound):
+            self.index.count(self.config.collection)
 
     def _ensure_sync(self, name: str) -> None:
         if name in self._known_collections:
@@ -362,6 +477,33 @@ class EmbeddingService:
             raise NotFound(f"collection {name!r} does not exist; upsert into it first") from None
         except DimensionMismatch as exc:
             raise InvalidInput(f"collection {name!r}: {exc}") from None
+
+
+class _BatchObserver:
+    """Batch events -> metrics, and inference evidence -> readiness."""
+
+    def __init__(self, metrics: Metrics, health: HealthMonitor) -> None:
+        self.metrics, self.health = metrics, health
+
+    def queue_depth(self, modality: str, depth: int) -> None:
+        self.metrics.queue_depth_changed(modality, depth)
+
+    def batch_started(self, modality: str, key: int) -> None:
+        self.health.batch_started(key)
+
+    def batch_finished(self, modality: str, key: int) -> None:
+        self.health.batch_finished(key)
+
+    def batch_done(
+        self, modality: str, size: int, cost: int, waits_s: Sequence[float], infer_s: float
+    ) -> None:
+        self.metrics.batch_done(modality, size, cost, waits_s, infer_s)
+        self.health.record_success(INFERENCE)
+
+    def batch_failed(self, modality: str, size: int, exc: BaseException) -> None:
+        self.metrics.batch_failed(modality)
+        log.error("%s batch of %d failed: %r", modality, size, exc)
+        self.health.record_failure(INFERENCE)
 
 
 def _server_version() -> str:

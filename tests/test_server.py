@@ -18,14 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers import BackgroundServer, ControlledBackend
 from PIL import Image
 
 from clipserve.index.edge import EdgeIndex
@@ -35,7 +37,7 @@ from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.preprocess import decode_image, preprocess
-from clipserve.serving.server import SERVICE_NAME, create_server, shutdown
+from clipserve.serving.server import SERVICE_NAME, shutdown
 from clipserve.serving.tokenizer import ClipTokenizer
 
 T = TypeVar("T")
@@ -61,55 +63,6 @@ def png(color: tuple[int, int, int], size: tuple[int, int] = (80, 60), noise: in
 
 
 RED, GREEN, BLUE = png((220, 20, 20)), png((20, 200, 40), (64, 90)), png((10, 30, 230), noise=40)
-
-
-class BackgroundServer:
-    """A server from `create_server` on its own event loop thread, with a sync client."""
-
-    def __init__(self, config: ServerConfig, **kwargs: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, self.port = self.call(create_server(config, **kwargs))
-        self.client = ClipServeClient(f"127.0.0.1:{self.port}", timeout_s=30)
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self, grace_s: float = 1.0) -> None:
-        self.call(shutdown(self.server, grace_s))
-        self.client.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-class ControlledBackend:
-    """Test double: the real ONNX backend, plus a gate that holds calls and a failure switch."""
-
-    def __init__(self, real: OnnxRuntimeBackend) -> None:
-        self.real, self.info = real, real.info
-        self.open = threading.Event()
-        self.open.set()
-        self.entered = threading.Event()
-        self.fail = False
-
-    def _enter(self) -> None:
-        self.entered.set()
-        assert self.open.wait(30), "gate never opened"
-        if self.fail:
-            raise RuntimeError("secret internal detail /opt/model")
-
-    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
-        self._enter()
-        return self.real.embed_texts(input_ids)
-
-    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        self._enter()
-        return self.real.embed_images(pixel_values)
-
-    def close(self) -> None:
-        self.real.close()
 
 
 @pytest.fixture(scope="module")
@@ -581,3 +534,109 @@ def test_server_over_remote_qdrant_api(tiny_bundle: Path, tmp_path: Path) -> Non
     finally:
         bg.stop()
         qdrant.close()
+
+
+# -- truncation, EmbedStream, payload values ---------------------------------------------------
+
+
+def test_long_text_is_truncated_only_when_asked_and_the_response_says_so(
+    client: ClipServeClient, tiny_bundle: Path
+) -> None:
+    manifest = load_manifest(tiny_bundle)
+    tokenizer = ClipTokenizer.from_bundle(tiny_bundle, manifest)
+    backend = OnnxRuntimeBackend(tiny_bundle, manifest)
+    try:
+        ids = tokenizer.encode([LONG_TEXT])[0]
+        cut = [*ids[:31], manifest.eot_token_id]  # open_clip's truncation rule
+        expected = backend.embed_texts(tokenizer.pad([cut]))[0]
+    finally:
+        backend.close()
+    resp = client.stub.Embed(
+        pb.EmbedRequest(
+            inputs=[pb.Content(text="short"), pb.Content(text=LONG_TEXT)], truncate=True
+        )
+    )
+    short, long = resp.embeddings
+    assert (short.truncated, short.tokens, short.original_tokens) == (False, 3, 3)
+    assert (long.truncated, long.tokens, long.original_tokens) == (True, 32, 92)
+    np.testing.assert_allclose(long.values, expected, atol=1e-5)
+    image = client.stub.Embed(pb.EmbedRequest(inputs=[pb.Content(image=RED)], truncate=True))
+    assert (image.embeddings[0].tokens, image.embeddings[0].truncated) == (0, False)
+
+    upsert = client.stub.Upsert(
+        pb.UpsertRequest(
+            collection="truncated",
+            items=[pb.UpsertItem(content=pb.Content(text="fits")),
+                   pb.UpsertItem(content=pb.Content(text=LONG_TEXT))],
+            truncate=True,
+        )
+    )  # fmt: skip
+    assert [(t.item, t.original_tokens, t.tokens) for t in upsert.truncations] == [(1, 92, 32)]
+    query = client.stub.Query(
+        pb.QueryRequest(collection="truncated", text=LONG_TEXT, truncate=True)
+    )
+    assert query.query_truncated and query.hits[0].id == upsert.ids[1]
+    assert not client.stub.Query(
+        pb.QueryRequest(collection="truncated", text="fits")
+    ).query_truncated
+
+
+def test_embed_stream_answers_every_item_with_a_result_or_its_own_error(
+    client: ClipServeClient, reference: Any
+) -> None:
+    items = [
+        pb.EmbedStreamRequest(id=10, content=pb.Content(text="a streamed caption")),
+        pb.EmbedStreamRequest(id=11, content=pb.Content(image=b"\x89PNG not really")),
+        pb.EmbedStreamRequest(id=12, content=pb.Content(image=GREEN)),
+        pb.EmbedStreamRequest(id=13, content=pb.Content(text=LONG_TEXT)),
+        pb.EmbedStreamRequest(id=14, content=pb.Content(text=LONG_TEXT), truncate=True),
+        pb.EmbedStreamRequest(id=15, content=pb.Content()),
+    ] + [pb.EmbedStreamRequest(id=100 + i, content=pb.Content(text=f"bulk {i}")) for i in range(40)]
+    responses = {r.id: r for r in client.stub.EmbedStream(iter(items), timeout=60)}
+    assert set(responses) == {r.id for r in items}  # one answer per item, ids echoed
+    np.testing.assert_allclose(
+        responses[10].embedding.values, reference("a streamed caption"), atol=1e-5
+    )
+    np.testing.assert_allclose(responses[12].embedding.values, reference(GREEN), atol=1e-5)
+    assert responses[11].error.code == "INVALID_ARGUMENT"
+    assert "item 11: image data is not a recognised" in responses[11].error.message
+    assert (
+        responses[13].error.code == "INVALID_ARGUMENT"
+        and "92 tokens" in responses[13].error.message
+    )
+    assert responses[14].embedding.truncated and responses[14].embedding.tokens == 32
+    assert responses[15].error.code == "INVALID_ARGUMENT"
+    assert all(responses[100 + i].WhichOneof("result") == "embedding" for i in range(40))
+    assert responses[10].model_version == client.info().model_version
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_payload_values_json_cannot_hold_are_invalid_argument(
+    client: ClipServeClient, bad: float
+) -> None:
+    payload = struct_pb2.Struct()
+    payload.update({"ok": 1, "nested": {"score": bad}})
+    request = pb.UpsertRequest(
+        collection="nan_payload",
+        items=[pb.UpsertItem(content=pb.Content(text="a"), payload=payload)],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Upsert(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "payload.nested.score" in err.value.details()
+
+
+def test_request_over_the_message_limit_is_refused_by_grpc(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    config = ServerConfig(
+        bundle=tiny_bundle, port=0, index_path=tmp_path / "index", max_request_bytes=1 << 16
+    )
+    bg = BackgroundServer(config)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            bg.client.stub.Embed(pb.EmbedRequest(inputs=[pb.Content(image=b"x" * (1 << 17))]))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert bg.client.embed(["small is fine"]).shape == (1, DIM)
+    finally:
+        bg.stop()

@@ -41,7 +41,8 @@ from clipserve.serving.triton_repo import main as triton_repo_main
 triton = pytest.importorskip("tritonclient.grpc", reason="pip install 'clipserve[triton]'")
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# The tiny bundle's export (shared fixture) dominates: ~15 s on 2 idle cores, minutes when shared.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 TRITON_MAX_BATCH = 8  # small, so a 20-image request is split into 8+8+4 by TritonBackend
 ATOL = 1e-5  # same ONNX file, same ONNX Runtime kernels: only summation order may differ
 
