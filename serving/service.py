@@ -143,6 +143,7 @@ class EmbeddingService:
         self.index_kind = index_kind or type(index).__name__
         self.auth_required = auth_required
         self.metrics = Metrics()
+        self.metrics.backend_in_use(backend.info)
         self._in_flight = 0
         self._known_collections: set[str] = set()
         self.readiness_listeners: list[Callable[[bool], Awaitable[None]]] = []

@@ -32,7 +32,7 @@ from clipserve.serving.bundle import load_manifest
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.preprocess import decode_image, preprocess
+from clipserve.serving.preprocess import decode_for_model
 from clipserve.serving.server import StartupError
 from clipserve.serving.tokenizer import ClipTokenizer
 from clipserve.serving.triton_repo import IMAGE_MODEL, TEXT_MODEL
@@ -82,7 +82,8 @@ def _expected(bundle: Path, ref: OnnxRuntimeBackend) -> tuple[np.ndarray, np.nda
     m = ref.manifest
     tok = ClipTokenizer.from_bundle(bundle, m)
     texts = ref.embed_texts(tok.pad(tok.encode(TEXTS)))
-    images = ref.embed_images(preprocess([decode_image(b, 10**7) for b in IMAGES], m))
+    pixels = [decode_for_model(b, m, max_bytes=10**8, max_pixels=10**8) for b in IMAGES]
+    images = ref.embed_images(np.stack(pixels))  # the server's own decode path
     return texts, images
 
 
