@@ -235,7 +235,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _load(target: str, addr: str, dim: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--target", target,
+    # The infinity client needs aiohttp, which the peer's venv has (the project's may not).
+    python = args.peer_python if target == "infinity" else sys.executable
+    cmd = [python, str(Path(__file__).resolve()), "client", "--target", target,
            "--addr", addr, "--dim", str(dim), "--duration", str(args.duration),
            "--max-bulk-concurrency", str(args.max_bulk_concurrency),
            "--concurrency", *map(str, args.concurrency), "--scenarios", *args.scenarios]  # fmt: skip
@@ -426,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-python", default=str(ROOT / ".bench-venv/infinity/bin/python"))
     p.add_argument("--peer-batch", type=int, default=32, help="infinity --batch-size")
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--no-clipserve", action="store_true", help="peer only (raw ORT still runs)")
     p.add_argument("--clipserve-args", nargs=argparse.REMAINDER, default=[],
                    help="extra `clipserve serve` flags (last on the line)")  # fmt: skip
     args = p.parse_args(argv)
@@ -438,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()}", flush=True)
     raw = raw_ort(bundle, args.server_batch, args.threads)
     print("raw ORT items/s:", {k: round(v, 1) for k, v in raw.items()}, flush=True)
-    results = run_clipserve(bundle, args, work)
+    results = [] if args.no_clipserve else run_clipserve(bundle, args, work)
+    (work / "results.json").write_text(json.dumps({"raw_ort": raw, "runs": results}, indent=2))
     if not args.no_peer:
         results += run_infinity(args, work)
     table = report(results, raw, args)
