@@ -6,7 +6,10 @@ WORK    ?= work
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint typecheck proto clean node-deps deploy-test
+TRITON_ENV := .triton-env
+PEER_VENV := .bench-venv/infinity
+
+.PHONY: help install demo test lint typecheck proto clean node-deps deploy-test triton-env bench-peer-venv bench-serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +24,7 @@ install: $(STAMP)  ## create .venv and install clipserve with [train,dev]
 demo: $(STAMP)  ## synth data -> fine-tune -> eval -> ONNX bundle -> gRPC server -> Qdrant -> queries
 	$(BIN)/clipserve demo --workdir $(WORK) $(DEMO_ARGS)
 
-test: $(STAMP) node-deps  ## run the whole test suite (unit + integration)
+test: $(STAMP) node-deps $(TRITON_ENV)/.installed  ## run the whole test suite (unit + integration)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint + format check, mypy on hand-written code
@@ -56,3 +59,18 @@ node-deps: $(NODE_STAMP)  ## npm deps of the Node.js client example (node via ap
 
 deploy-test: $(STAMP)  ## build the CPU serving image on a local Debian base and smoke-test it (root, docker)
 	$(BIN)/python deploy/docker/smoke_test.py
+
+$(TRITON_ENV)/.installed: | $(STAMP)
+	$(BIN)/python tests/triton_local.py
+
+triton-env: $(TRITON_ENV)/.installed  ## tritonserver (nvidia-pytriton) + numpy 1.26 + onnxruntime in .triton-env, for tests
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --disable-pip-version-check 'infinity-emb[server,torch,vision]==0.0.78' aiohttp
+	touch $@
+
+bench-peer-venv: $(PEER_VENV)/.installed  ## infinity-emb 0.0.78 in its own venv (the load-test peer)
+
+bench-serve: $(STAMP) $(PEER_VENV)/.installed  ## load test: clipserve vs raw ORT vs infinity-emb (ViT-B-32)
+	$(BIN)/python bench/bench_serve.py $(BENCH_ARGS)

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("clipserve.training.train", "fine-tune a CLIP model from a config file"),
     "eval": ("clipserve.training.evaluate", "instance and semantic retrieval metrics"),
     "export": ("clipserve.training.export", "export a checkpoint to an ONNX model bundle"),
+    "triton-repo": (
+        "clipserve.serving.triton_repo",
+        "write a Triton model repository for a bundle",
+    ),
     "serve": ("clipserve.serving.server", "serve a model bundle over gRPC with a Qdrant index"),
     "index": ("clipserve.index.ingest.cli", "bulk-ingest a manifest or an image folder (resumable)"),
     "reindex": (

@@ -1,7 +1,8 @@
 """`EmbeddingBackend`: the one interface the service calls for inference.
 
 Implementations: `OnnxRuntimeBackend` (serving/onnx_backend.py; CPU, CUDA or TensorRT
-providers). A Triton backend slots in behind the same interface later. Inputs arrive already
+providers) and `TritonBackend` (serving/triton_backend.py; a Triton Inference Server over
+gRPC); `make_backend` (serving/backend_factory.py) builds the one a `ServerConfig` names. Inputs arrive already
 preprocessed: pixel arrays and token ids, so every backend computes exactly the same function.
 """
 
@@ -13,11 +14,19 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+class BackendStartupError(RuntimeError):
+    """The backend cannot start as configured: a requested GPU provider is missing or fell
+    back to CPU, a bundle variant does not suit the device, Triton is unreachable or its
+    models do not match the bundle. The message says what to change."""
+
+
 @dataclass(frozen=True)
 class BackendInfo:
-    name: str  # e.g. "onnxruntime"
+    name: str  # e.g. "onnxruntime", "triton"
     device: str  # e.g. "cpu", "cuda"
-    providers: tuple[str, ...]
+    providers: tuple[str, ...]  # what actually runs the model, in priority order
+    precision: str = "fp32"  # of the weights: "fp32" | "fp16" | "int8"
+    model_variant: str = "default"  # the bundle variant in use
 
 
 @runtime_checkable

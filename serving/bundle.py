@@ -6,6 +6,7 @@ A bundle is a directory::
     image.onnx           image tower: pixel_values float32 [N,3,H,W] -> embeddings float32 [N,D]
     text.onnx            text tower:  input_ids int64 [N,L] (L <= context_length) -> [N,D]
     tokenizer/tokenizer.json   HF `tokenizers` file equivalent to open_clip's tokenizer
+    image.int8.onnx ...  optional variants of the towers (see `Variant`), same inputs/outputs
 
 Both towers output L2-normalised embeddings. This module has no torch dependency: training
 writes the manifest with it and serving reads it.
@@ -34,6 +35,24 @@ class TowerSpec:
     output_name: str
 
 
+DEFAULT_VARIANT = "default"
+# Variant name -> numeric precision of its weights; "default" is the fp32 export itself.
+VARIANT_PRECISION = {DEFAULT_VARIANT: "fp32", "fp16": "fp16", "int8": "int8"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another build of the same two towers: same input/output names and dtypes (fp32 in and
+    out for every variant), different weights precision. `device` says where it is meant to
+    run: "gpu" (fp16: ONNX Runtime's CPU kernels do not cover it) or "any"."""
+
+    image_file: str
+    text_file: str
+    precision: str  # "fp16" | "int8"
+    device: str = "any"  # "any" | "gpu"
+    note: str = ""  # how it was made and what was measured, informational
+
+
 @dataclass(frozen=True)
 class Manifest:
     model_name: str  # open_clip model name
@@ -57,6 +76,22 @@ class Manifest:
     created_at: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # config + metrics, informational
     format: str = BUNDLE_FORMAT
+    variants: dict[str, Variant] = field(default_factory=dict)  # name -> variant (not "default")
+
+    def variant_names(self) -> tuple[str, ...]:
+        return (DEFAULT_VARIANT, *sorted(self.variants))
+
+    def tower_files(self, variant: str = DEFAULT_VARIANT) -> tuple[str, str, str]:
+        """(image file, text file, precision) of `variant`; BundleError naming the ones there."""
+        if variant == DEFAULT_VARIANT:
+            return self.image.file, self.text.file, VARIANT_PRECISION[DEFAULT_VARIANT]
+        v = self.variants.get(variant)
+        if v is None:
+            raise BundleError(
+                f"bundle has no {variant!r} variant; it has {', '.join(self.variant_names())} "
+                f"(add one with `clipserve export --{variant}`)"
+            )
+        return v.image_file, v.text_file, v.precision
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -74,6 +109,7 @@ class Manifest:
             data["image_size"] = tuple(data["image_size"])
             data["mean"] = tuple(data["mean"])
             data["std"] = tuple(data["std"])
+            data["variants"] = {k: Variant(**v) for k, v in data.get("variants", {}).items()}
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

@@ -17,6 +17,9 @@ from clipserve.index.base import check_collection_name
 ENV_PREFIX = "CLIPSERVE_"
 MiB = 1 << 20
 
+BACKENDS = ("onnxruntime", "triton")
+MODEL_VARIANTS = ("default", "fp16", "int8")
+
 # The index's rule (names become directories of the embedded engine), stated for clients.
 COLLECTION_RULE = "1-64 characters from A-Z a-z 0-9 _ -"
 
@@ -74,6 +77,10 @@ class ServerConfig:
     api_key_file: Path | None = None  # one key per line (rotation: several at once)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS only
     tls_key: Path | None = None
+    # Backend (serving/backend_factory.py): in-process ONNX Runtime or a Triton server.
+    backend: str = "onnxruntime"  # "onnxruntime" | "triton"
+    triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint (backend "triton")
+    model_variant: str = "default"  # bundle variant: "default" (fp32) | "fp16" | "int8"
 
     def __post_init__(self) -> None:
         # Accept str paths from callers, store Paths: frozen, so go through object.__setattr__.
@@ -123,6 +130,14 @@ class ServerConfig:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
         if self.health_interval_s <= 0:
             raise ValueError(f"health_interval_s: must be > 0, got {self.health_interval_s}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if (self.backend == "triton") != bool(self.triton_url):
+            raise ValueError("triton_url: give --triton-url HOST:PORT with --backend triton only")
+        if self.model_variant not in MODEL_VARIANTS:
+            raise ValueError(
+                f"model_variant: {self.model_variant!r} is not one of {', '.join(MODEL_VARIANTS)}"
+            )
         if self.max_request_bytes >= 2**31:
             raise ValueError("max_request_bytes: gRPC messages must be under 2 GiB")
         if self.max_inflight_pixels < self.max_image_pixels:

@@ -71,10 +71,22 @@ class Metrics:
             "clipserve_inflight_requests", "admitted requests in flight", registry=r
         )
         self.ready = Gauge("clipserve_ready", "1 when readiness is SERVING", registry=r)
+        self.backend = Gauge(
+            "clipserve_backend_info",
+            "1 for the backend in use: what actually runs the model (as Info reports it)",
+            ["backend", "device", "providers", "precision", "model_variant"],
+            registry=r,
+        )
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
 
     # -- observers ------------------------------------------------------------------------------
+
+    def backend_in_use(self, info: Any) -> None:
+        """`info`: the backend's BackendInfo."""
+        providers = ",".join(info.providers)
+        self.backend.labels(info.name, info.device, providers, info.precision,
+                            info.model_variant).set(1)  # fmt: skip
 
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

@@ -1,20 +1,32 @@
 """`OnnxRuntimeBackend`: the bundle's two ONNX towers behind the `EmbeddingBackend` interface.
 
 Provider choice (``providers="auto"``): TensorRT, then CUDA, when this onnxruntime build
-offers them, always with CPU as the fallback; an explicit provider list is used as given.
+offers them, always with CPU as the fallback; an explicit provider list is used as given, and
+then every GPU provider in it must really be active: ONNX Runtime quietly falls back to CPU
+when a CUDA library or the device is missing, which this backend turns into a
+`BackendStartupError` instead of a server that is ten times slower than its operator thinks.
+
+`variant` picks a build of the towers from the bundle ("default" fp32, "fp16" for GPUs,
+"int8" for CPUs; see clipserve.training.variants). On CUDA, inputs are copied to the device
+once and outputs bound there (I/O binding), so ONNX Runtime does no staging copies of its own.
 `InferenceSession.run` is thread-safe, so one backend serves concurrent callers.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from clipserve.serving.backend import BackendInfo
-from clipserve.serving.bundle import Manifest, load_manifest
+from clipserve.serving.backend import BackendInfo, BackendStartupError
+from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_manifest
+
+log = logging.getLogger(__name__)
 
 _AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _DEVICE = {
@@ -22,6 +34,7 @@ _DEVICE = {
     "CUDAExecutionProvider": "cuda",
     "CPUExecutionProvider": "cpu",
 }
+_GPU_PROVIDERS = frozenset(p for p, d in _DEVICE.items() if d == "cuda")
 
 
 def choose_providers(providers: str | Sequence[str] = "auto") -> list[str]:
@@ -39,8 +52,28 @@ def choose_providers(providers: str | Sequence[str] = "auto") -> list[str]:
     return chosen
 
 
+def _provider_options(providers: list[str], precision: str) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    for p in providers:
+        opts: dict[str, Any] = {}
+        if p == "TensorrtExecutionProvider":
+            cache = Path(
+                os.environ.get("CLIPSERVE_TRT_CACHE", Path.home() / ".cache/clipserve/trt")
+            )
+            cache.mkdir(parents=True, exist_ok=True)
+            opts = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                # An fp32 graph still gets fp16 kernels where TensorRT judges them safe only
+                # when asked; the fp16 variant asks.
+                "trt_fp16_enable": precision == "fp16",
+            }
+        out.append((p, opts))
+    return out
+
+
 class OnnxRuntimeBackend:
-    """Runs image.onnx and text.onnx from a bundle directory with ONNX Runtime."""
+    """Runs a bundle's image and text towers (of one variant) with ONNX Runtime."""
 
     def __init__(
         self,
@@ -49,27 +82,67 @@ class OnnxRuntimeBackend:
         *,
         providers: str | Sequence[str] = "auto",
         intra_op_threads: int | None = None,
+        variant: str = DEFAULT_VARIANT,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or load_manifest(self.bundle_dir)
+        m = self.manifest
+        image_file, text_file, precision = m.tower_files(variant)  # BundleError if absent
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads is not None:
             if intra_op_threads < 1:
                 raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
             options.intra_op_num_threads = intra_op_threads
-        requested = choose_providers(providers)
-        m = self.manifest
+        explicit = providers != "auto"
+        try:
+            requested = choose_providers(providers)
+        except ValueError as exc:
+            raise BackendStartupError(
+                f"{exc}. GPU providers need the onnxruntime-gpu build (pip install "
+                "'clipserve[gpu]') and a CUDA device; use --providers CPUExecutionProvider "
+                "to serve on CPU"
+            ) from exc
+        wants_gpu = any(p in _GPU_PROVIDERS for p in requested)
+        if variant != DEFAULT_VARIANT and m.variants[variant].device == "gpu" and not wants_gpu:
+            raise BackendStartupError(
+                f"the {variant!r} variant is built for GPU providers, but the providers are "
+                f"{requested}; serve it with CUDAExecutionProvider, or pick --model-variant "
+                "default or int8 on CPU"
+            )
+        if wants_gpu and hasattr(ort, "preload_dlls"):
+            # CUDA/cuDNN from the nvidia-*-cu12 wheels, when that is how they were installed.
+            ort.preload_dlls()
+        with_options = _provider_options(requested, precision)
         self._image = ort.InferenceSession(
-            str(self.bundle_dir / m.image.file), options, providers=requested
+            str(self.bundle_dir / image_file), options, providers=with_options
         )
         self._text = ort.InferenceSession(
-            str(self.bundle_dir / m.text.file), options, providers=requested
+            str(self.bundle_dir / text_file), options, providers=with_options
         )
-        # What the session actually got (e.g. CUDA may fall back to CPU if its libs are missing).
+        # What the sessions actually got: CUDA/TensorRT fall back to CPU, with only a log
+        # line, when their libraries or the device are missing.
         active = tuple(self._image.get_providers())
+        lost = [p for p in requested if p in _GPU_PROVIDERS and p not in active]
+        lost += [
+            p for p in requested if p in _GPU_PROVIDERS and p not in self._text.get_providers()
+        ]
+        if lost and (explicit or variant != DEFAULT_VARIANT and precision == "fp16"):
+            self.close()
+            raise BackendStartupError(
+                f"requested provider(s) {sorted(set(lost))} fell back to {list(active)}: "
+                "ONNX Runtime could not load CUDA (check the CUDA/cuDNN libraries, "
+                "CUDA_VISIBLE_DEVICES and the onnxruntime-gpu build)"
+            )
+        if lost:
+            log.warning("providers %s unavailable at run time; running on %s", lost, active)
+        self._on_cuda = active[0] in _GPU_PROVIDERS
         self.info = BackendInfo(
-            name="onnxruntime", device=_DEVICE.get(active[0], active[0]), providers=active
+            name="onnxruntime",
+            device=_DEVICE.get(active[0], active[0]),
+            providers=active,
+            precision=precision,
+            model_variant=variant,
         )
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -81,11 +154,7 @@ class OnnxRuntimeBackend:
             )
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, h, w) or not len(pixel_values):
             raise ValueError(f"pixel_values must be [N>=1,3,{h},{w}], got {pixel_values.shape}")
-        spec = self.manifest.image
-        (out,) = self._image.run(
-            [spec.output_name], {spec.input_name: np.ascontiguousarray(pixel_values)}
-        )
-        return out
+        return self._run(self._image, self.manifest.image, pixel_values)
 
     def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [N,L], 2 <= L <= context_length, zero-padded -> float32 [N,D]."""
@@ -94,11 +163,19 @@ class OnnxRuntimeBackend:
             raise ValueError(f"input_ids must be an int64 ndarray, got {_describe(input_ids)}")
         if input_ids.ndim != 2 or not len(input_ids) or not 2 <= input_ids.shape[1] <= ctx:
             raise ValueError(f"input_ids must be [N>=1, 2<=L<={ctx}], got {input_ids.shape}")
-        spec = self.manifest.text
-        (out,) = self._text.run(
-            [spec.output_name], {spec.input_name: np.ascontiguousarray(input_ids)}
-        )
-        return out
+        return self._run(self._text, self.manifest.text, input_ids)
+
+    def _run(self, session: ort.InferenceSession, spec: TowerSpec, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        if not self._on_cuda:
+            (out,) = session.run([spec.output_name], {spec.input_name: x})
+            return out
+        # One binding per call: bindings are not shared between threads.
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(spec.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda"))
+        binding.bind_output(spec.output_name, "cuda")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def close(self) -> None:
         # ORT frees a session when its last reference goes; drop ours.

@@ -35,7 +35,8 @@ from clipserve.index.factory import open_index
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving import memory
-from clipserve.serving.backend import EmbeddingBackend
+from clipserve.serving.backend import BackendStartupError, EmbeddingBackend
+from clipserve.serving.backend_factory import make_backend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.errors import BackendUnavailable
@@ -89,7 +90,7 @@ async def create_server(
     manifest = await asyncio.to_thread(load_manifest, config.bundle)
     tokenizer = ClipTokenizer.from_bundle(config.bundle, manifest)
     model: EmbeddingBackend = (
-        backend if backend is not None else await asyncio.to_thread(_onnx_backend, config, manifest)
+        backend if backend is not None else await asyncio.to_thread(_make_backend, config, manifest)
     )
     if index is None:
         try:
@@ -167,15 +168,11 @@ def service_of(server: grpc.aio.Server) -> EmbeddingService:
     return _RUNNING[server].service
 
 
-def _onnx_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
-    from clipserve.serving.onnx_backend import OnnxRuntimeBackend  # loads onnxruntime
-
-    return OnnxRuntimeBackend(
-        config.bundle,
-        manifest,
-        providers=config.provider_list,
-        intra_op_threads=config.intra_op_threads,
-    )
+def _make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
+    try:
+        return make_backend(config, manifest)
+    except BackendStartupError as exc:
+        raise StartupError(f"backend {config.backend}: {exc}") from exc
 
 
 def _build_grpc_server(
@@ -285,6 +282,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-s", type=float, help=f"drain time on stop (default {d['grace_s'].default})"
     )
+    p.add_argument("--backend", choices=("onnxruntime", "triton"), help="default onnxruntime")
+    p.add_argument("--triton-url", help="Triton gRPC HOST:PORT (with --backend triton)")
+    p.add_argument(
+        "--model-variant", choices=("default", "fp16", "int8"), help="bundle variant to serve"
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--log-level", default="INFO", help="default INFO")
     return p
@@ -319,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch=args.max_batch,
         max_in_flight=args.max_in_flight,
         grace_s=args.grace_s,
+        backend=args.backend,
+        triton_url=args.triton_url,
+        model_variant=args.model_variant,
     )  # ValueError -> the CLI prints it as a user error
     try:
         asyncio.run(_serve(config, args.port_file))

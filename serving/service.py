@@ -98,6 +98,8 @@ class ServiceInfo:
     max_batch_wait_us: int
     auth_required: bool
     server_version: str
+    precision: str = "fp32"
+    model_variant: str = "default"
 
 
 _ADMITTED: contextvars.ContextVar[bool] = contextvars.ContextVar("admitted", default=False)
@@ -128,6 +130,7 @@ class EmbeddingService:
         self.index_kind = index_kind or type(index).__name__
         self.auth_required = auth_required
         self.metrics = Metrics()
+        self.metrics.backend_in_use(backend.info)
         self._in_flight = 0
         self.readiness_listeners: list[Callable[[bool], Awaitable[None]]] = []
         self.health = HealthMonitor(
@@ -238,6 +241,8 @@ class EmbeddingService:
             max_batch_wait_us=cfg.max_batch_wait_us,
             auth_required=self.auth_required,
             server_version=_server_version(),
+            precision=b.precision,
+            model_variant=b.model_variant,
         )
 
     async def index_call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -190,6 +190,7 @@ class ClipServeServicer(pb_grpc.ClipServeServicer):
             providers=i.providers, index_kind=i.index_kind,
             default_collection=i.default_collection, server_version=i.server_version,
             auth_required=i.auth_required,
+            precision=i.precision, model_variant=i.model_variant,
         )  # fmt: skip
 
 

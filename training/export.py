@@ -2,6 +2,7 @@
 
     clipserve export CHECKPOINT --out BUNDLE [--opset 17] [--atol 1e-4]
     clipserve export --model ViT-B-32 [--pretrained TAG|PATH] --out BUNDLE
+        [--int8] [--fp16] [--triton-repo DIR]
 
 Both towers are exported with the dynamo exporter (``torch.onnx.export(..., dynamo=True,
 dynamic_shapes=...)``). The TorchScript path (``dynamo=False``) still exists in torch 2.14
@@ -48,6 +49,7 @@ from clipserve.serving.bundle import (
 )
 from clipserve.training.model import LoadedModel, ModelSpec, create_model, load_checkpoint
 from clipserve.training.tokenizer_export import write_clip_tokenizer
+from clipserve.training.variants import add_variants
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset
 MIN_OPSET = 18  # asked for less, the dynamo exporter silently writes 18 anyway
@@ -288,6 +290,7 @@ def export_bundle(
     atol: float = DEFAULT_ATOL,
     training: dict[str, Any] | None = None,
     force: bool = False,
+    variants: Sequence[str] = (),
 ) -> tuple[Manifest, list[ParityRow]]:
     """Export `loaded` to a bundle directory at `out`; returns its manifest and parity rows.
 
@@ -346,6 +349,8 @@ def export_bundle(
         (tmp / MANIFEST_NAME).write_text(manifest.to_json() + "\n")
         load_manifest(tmp)  # the bundle must read back and hash-check before it goes live
         rows = check_parity(model, tmp, manifest, atol)
+        if variants:
+            manifest = add_variants(tmp, variants)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -373,6 +378,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="parity tolerance")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--fp16", action="store_true", help="add an fp16 variant (for CUDA/TensorRT)")
+    p.add_argument(
+        "--int8", action="store_true", help="add a dynamically quantised int8 variant (CPU)"
+    )
+    p.add_argument(
+        "--triton-repo",
+        type=Path,
+        help="also write a Triton model repository for the bundle here "
+        "(see `clipserve triton-repo --help` for its options)",
+    )
     return p
 
 
@@ -390,12 +405,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         loaded = create_model(ModelSpec(args.model, args.pretrained))
         training = {}
+    variants = [v for v in ("fp16", "int8") if getattr(args, v)]
     manifest, rows = export_bundle(
-        loaded, args.out, opset=args.opset, atol=args.atol, training=training, force=args.force
+        loaded,
+        args.out,
+        opset=args.opset,
+        atol=args.atol,
+        training=training,
+        force=args.force,
+        variants=variants,
     )
     print(format_parity(rows))
     print(
         f"parity ok (atol {args.atol:g}); wrote {args.out}: {manifest.model_name} "
         f"version {manifest.version}, dim {manifest.embed_dim}, opset {manifest.opset}"
     )
+    for name, variant in manifest.variants.items():
+        print(f"variant {name}: {variant.image_file}, {variant.text_file} ({variant.note})")
+    if args.triton_repo is not None:
+        from clipserve.serving.triton_repo import main as triton_repo_main
+
+        return triton_repo_main(["--bundle", str(args.out), "--out", str(args.triton_repo)])
     return 0

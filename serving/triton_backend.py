@@ -1,0 +1,207 @@
+"""`TritonBackend`: a Triton Inference Server's ``clipserve_image`` / ``clipserve_text`` models
+(written by `clipserve triton-repo`) behind the `EmbeddingBackend` interface, over gRPC.
+
+The interface is synchronous (the service calls it from worker threads), so this uses
+``tritonclient.grpc``'s blocking client, one per worker thread. Triton's dynamic batcher then
+merges what several workers (and several clipserve replicas) send. At startup the backend
+checks that Triton is up, that both models are ready, and that their inputs, outputs and the
+bundle version recorded in their configs match the bundle this server tokenizes and
+preprocesses for; anything else is a `BackendStartupError`. A failure while serving (Triton
+went away, a model was unloaded) is `BackendUnavailable`: the client sees UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+try:
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "the Triton backend needs tritonclient: pip install 'clipserve[triton]'"
+    ) from exc
+
+from clipserve.serving.backend import BackendInfo, BackendStartupError
+from clipserve.serving.bundle import DEFAULT_VARIANT, VARIANT_PRECISION, Manifest, TowerSpec
+from clipserve.serving.errors import BackendUnavailable
+from clipserve.serving.triton_repo import IMAGE_MODEL, TEXT_MODEL, VARIANT_PARAM, VERSION_PARAM
+
+log = logging.getLogger(__name__)
+
+
+class TritonBackend:
+    """Embeds through a Triton server at `url` (HOST:PORT of its gRPC endpoint)."""
+
+    def __init__(
+        self,
+        url: str,
+        manifest: Manifest,
+        *,
+        variant: str = DEFAULT_VARIANT,
+        timeout_s: float = 60.0,
+        startup_timeout_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.manifest = manifest
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        client = self._client()
+        try:
+            live = client.is_server_live(client_timeout=startup_timeout_s)
+        except InferenceServerException as exc:
+            self.close()
+            raise BackendStartupError(
+                f"Triton at {url} is not reachable ({_message(exc)}); start tritonserver with "
+                "the repository from `clipserve triton-repo` or fix --triton-url"
+            ) from exc
+        if not live:
+            self.close()
+            raise BackendStartupError(f"Triton at {url} answers but is not live")
+        configs = {}
+        h, w = manifest.image_size
+        checks = (
+            (IMAGE_MODEL, manifest.image, [3, h, w], "TYPE_FP32"),
+            (TEXT_MODEL, manifest.text, [-1], "TYPE_INT64"),
+        )
+        try:
+            for name, spec, dims, dtype in checks:
+                configs[name] = self._check_model(client, name, spec, dims, dtype, variant)
+        except BaseException:
+            self.close()
+            raise
+        self._max_batch = {n: int(c.get("max_batch_size", 0)) for n, c in configs.items()}
+        image_cfg = configs[IMAGE_MODEL]
+        groups = image_cfg.get("instance_group", [])
+        gpu = any(g.get("kind") == "KIND_GPU" for g in groups)
+        runtime = image_cfg.get("platform") or image_cfg.get("backend") or "unknown"
+        accel = (
+            image_cfg.get("optimization", {})
+            .get("execution_accelerators", {})
+            .get("gpu_execution_accelerator", [])
+        )
+        self.info = BackendInfo(
+            name="triton",
+            device="cuda" if gpu else "cpu",
+            providers=(f"triton:{runtime}", *(a.get("name", "") for a in accel)),
+            precision=VARIANT_PRECISION.get(variant, variant),
+            model_variant=variant,
+        )
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = triton.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _check_model(
+        self, client: Any, name: str, spec: TowerSpec, dims: list[int], dtype: str, variant: str
+    ) -> dict[str, Any]:
+        where = f"Triton at {self.url}, model {name}"
+        try:
+            if not client.is_model_ready(name, client_timeout=self.timeout_s):
+                raise BackendStartupError(f"{where}: not ready (is it in the repository?)")
+            config = client.get_model_config(name, as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise BackendStartupError(f"{where}: {_message(exc)}") from exc
+        config = config.get("config", config)
+        inputs = {i["name"]: i for i in config.get("input", [])}
+        outputs = {o["name"]: o for o in config.get("output", [])}
+        got = inputs.get(spec.input_name)
+        if got is None or spec.output_name not in outputs:
+            raise BackendStartupError(
+                f"{where}: expects inputs {sorted(inputs)} / outputs {sorted(outputs)}, the "
+                f"bundle needs {spec.input_name!r} -> {spec.output_name!r}"
+            )
+        got_dims = [int(d) for d in got.get("dims", [])]
+        out_dims = [int(d) for d in outputs[spec.output_name].get("dims", [])]
+        if got.get("data_type") != dtype or got_dims != dims:
+            raise BackendStartupError(
+                f"{where}: input {spec.input_name} is {got.get('data_type')} {got_dims}, "
+                f"the bundle sends {dtype} {dims}"
+            )
+        if out_dims != [self.manifest.embed_dim]:
+            raise BackendStartupError(
+                f"{where}: output dims {out_dims}, the bundle's embeddings are "
+                f"[{self.manifest.embed_dim}]"
+            )
+        params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
+        version = params.get(VERSION_PARAM)
+        if version is None:
+            log.warning(
+                "%s: config has no %s; cannot check it is this bundle", where, VERSION_PARAM
+            )
+        elif version != self.manifest.version:
+            raise BackendStartupError(
+                f"{where}: serves model version {version}, the bundle is "
+                f"{self.manifest.version}; rebuild the repository from this bundle"
+            )
+        served = params.get(VARIANT_PARAM)
+        if served is not None and served != variant:
+            raise BackendStartupError(
+                f"{where}: serves variant {served!r}, --model-variant is {variant!r}"
+            )
+        return dict(config)
+
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values float32 [N,3,H,W] -> float32 [N,D]."""
+        h, w = self.manifest.image_size
+        if not isinstance(pixel_values, np.ndarray) or pixel_values.dtype != np.float32:
+            raise ValueError("pixel_values must be a float32 ndarray")
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, h, w) or not len(pixel_values):
+            raise ValueError(f"pixel_values must be [N>=1,3,{h},{w}], got {pixel_values.shape}")
+        return self._infer(IMAGE_MODEL, self.manifest.image, pixel_values, "FP32")
+
+    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids int64 [N,L], 2 <= L <= context_length -> float32 [N,D]."""
+        ctx = self.manifest.context_length
+        if not isinstance(input_ids, np.ndarray) or input_ids.dtype != np.int64:
+            raise ValueError("input_ids must be an int64 ndarray")
+        if input_ids.ndim != 2 or not len(input_ids) or not 2 <= input_ids.shape[1] <= ctx:
+            raise ValueError(f"input_ids must be [N>=1, 2<=L<={ctx}], got {input_ids.shape}")
+        return self._infer(TEXT_MODEL, self.manifest.text, input_ids, "INT64")
+
+    def _infer(self, model: str, spec: TowerSpec, x: np.ndarray, dtype: str) -> np.ndarray:
+        client = self._client()
+        step = self._max_batch.get(model) or len(x)  # 0 = Triton batches nothing itself
+        parts = []
+        for start in range(0, len(x), step):
+            chunk = np.ascontiguousarray(x[start : start + step])
+            inp = triton.InferInput(spec.input_name, list(chunk.shape), dtype)
+            inp.set_data_from_numpy(chunk)
+            try:
+                result = client.infer(
+                    model,
+                    [inp],
+                    outputs=[triton.InferRequestedOutput(spec.output_name)],
+                    client_timeout=self.timeout_s,
+                )
+            except InferenceServerException as exc:
+                raise BackendUnavailable(
+                    f"Triton at {self.url}, model {model}: {_message(exc)}"
+                ) from exc
+            parts.append(result.as_numpy(spec.output_name))
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing a dead channel must not mask the real error
+                log.debug("closing a Triton client failed", exc_info=True)
+
+
+def _message(exc: InferenceServerException) -> str:
+    return str(exc.message() or exc).strip()
