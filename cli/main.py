@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write a Triton model repository for a bundle",
     ),
     "serve": ("clipserve.serving.server", "serve a model bundle over gRPC with a Qdrant index"),
-    "index": ("clipserve.index.ingest.cli", "bulk-ingest a manifest or an image folder (resumable)"),
+    "index": (
+        "clipserve.index.ingest.cli",
+        "bulk-ingest a manifest or an image folder (resumable)",
+    ),
     "reindex": (
         "clipserve.index.ingest.reindex",
         "re-embed an alias's collection with a new bundle, switch",

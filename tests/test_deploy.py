@@ -56,15 +56,6 @@ SERVE_IMAGES = ("clipserve:", "/clipserve:")
 # "*" = the whole command is pending. The check below treats these as present. REMOVE an entry
 # once its flag exists — test_pending_flags_are_still_pending fails to say so.
 PENDING_FLAGS: set[tuple[str, str]] = {
-    ("serve", "--metrics-port"),
-    ("serve", "--api-key-file"),
-    ("serve", "--backend"),
-    ("serve", "--triton-url"),
-    ("serve", "--inference-workers"),
-    ("serve", "--intra-op-threads"),
-    ("serve", "--qdrant-api-key"),
-    ("export", "--triton-repo"),
-    ("index", "*"),
     ("mine", "*"),
 }
 
