@@ -14,7 +14,7 @@ import numpy as np
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.server import create_server, shutdown
+from clipserve.serving.server import _RUNNING, create_server, shutdown
 
 T = TypeVar("T")
 
@@ -26,18 +26,42 @@ class BackgroundServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server, self.port = self.call(create_server(config, **kwargs))
-        self.client = ClipServeClient(f"127.0.0.1:{self.port}", timeout_s=30)
+        try:
+            self.server, self.port = self.call(create_server(config, **kwargs))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.address = f"127.0.0.1:{self.port}"
+        self.client = ClipServeClient(self.address, timeout_s=60)
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+    @property
+    def index(self) -> Any:
+        return _RUNNING[self.server].service.index
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self, grace_s: float = 1.0) -> None:
         self.call(shutdown(self.server, grace_s))
         self.client.close()
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def start_server_error(config: ServerConfig) -> BaseException:
+    """Run create_server(config) expecting it to fail; returns the exception."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(create_server(config))
+    except BaseException as exc:  # noqa: BLE001 - the caller asserts on it
+        return exc
+    finally:
+        loop.close()
+    raise AssertionError("create_server succeeded but was expected to fail")
 
 
 class ControlledBackend:

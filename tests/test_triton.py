@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from bg_server import BackgroundServer, start_server_error
 from google.protobuf import text_format
+from helpers import BackgroundServer, start_server_error
 from PIL import Image
 from triton_local import TritonServer, free_port
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from bg_server import BackgroundServer, start_server_error
+from helpers import BackgroundServer, start_server_error
 from PIL import Image
 
 from clipserve.serving.backend import BackendStartupError
