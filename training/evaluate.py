@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipserve.training.data import ImageTextDataset, Record, read_manifest
+from clipserve.training.data.manifest import ImageTextDataset, Record, read_manifest
 
 
 def _ranking(scores: np.ndarray) -> np.ndarray:

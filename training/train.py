@@ -46,7 +46,7 @@ from clipserve.training.checkpointing import (
     truncate_metrics,
 )
 from clipserve.training.config import TrainConfig, load_config
-from clipserve.training.data import ImageTextDataset, materialize, read_manifest
+from clipserve.training.data.manifest import ImageTextDataset, materialize, read_manifest
 from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
 from clipserve.training.model import CHECKPOINT_FORMAT, LoadedModel, ModelSpec, create_model
 from clipserve.training.optim import (

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.training.synth_captions import TEMPLATES, caption
-from clipserve.training.synth_render import (
+from clipserve.training.data.synth_captions import TEMPLATES, caption
+from clipserve.training.data.synth_render import (
     ATTRIBUTES,
     COLOURS,
     FULL_PRODUCT,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipserve.training import synth
+from clipserve.training.data import synth
 
 REPORT_BATCH = 128  # the batch size the summary quotes false negatives for
 
