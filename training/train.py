@@ -47,7 +47,12 @@ from clipserve.training.checkpointing import (
 )
 from clipserve.training.config import TrainConfig, load_config
 from clipserve.training.data.manifest import ImageTextDataset, materialize, read_manifest
-from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
+from clipserve.training.evaluate import (
+    embed_tensors,
+    format_table,
+    relevance_labels,
+    retrieval_metrics,
+)
 from clipserve.training.model import CHECKPOINT_FORMAT, LoadedModel, ModelSpec, create_model
 from clipserve.training.optim import (
     build_optimizer,
@@ -202,10 +207,12 @@ class _Batches:
             yield images, tokens
 
 
-def _evaluate(model: Any, val: tuple[torch.Tensor, torch.Tensor, list[str] | None], device: Any):
-    images, tokens, labels = val
+def _evaluate(model: Any, val: tuple[torch.Tensor, torch.Tensor, Any], device: Any):
+    images, tokens, rel = val
     text, image = embed_tensors(model, images, tokens, device=device)
-    return retrieval_metrics(text, image, labels, labels)
+    if rel is None:
+        return retrieval_metrics(text, image)
+    return retrieval_metrics(text, image, rel[0], rel[1], match=rel[2])
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
@@ -292,8 +299,7 @@ def _train(
     if cfg.data.val:
         vrec = read_manifest(cfg.data.val)
         vimg, vtok = materialize(ImageTextDataset(vrec, loaded.preprocess_val, loaded.tokenizer))
-        vlab = [str(r.labels) for r in vrec] if all(r.labels for r in vrec) else None
-        val = (vimg, vtok, vlab)
+        val = (vimg, vtok, relevance_labels(vrec))
 
     loss_fn = build_loss(cfg.loss.name)
     opt = build_optimizer(model, cfg.optim)
