@@ -1,7 +1,7 @@
 """Training configuration: frozen dataclasses loaded from a TOML file plus CLI overrides.
 
-A config file has the sections [model], [data], [optim], [loss] and [run] (see
-configs/tiny-synth.toml). Overrides are ``section.key=value`` strings, typed by the field.
+A config file has the sections [model], [data], [optim], [loss], [sampling] and [run] (see
+configs/tiny-synth.toml and configs/finetune-*.toml). Overrides are ``section.key=value`` strings, typed by the field.
 
 Relative paths (data.train, data.val, run.output_dir): those written **in the config file**
 are relative to the config file's directory, so a config and its data can move together;
@@ -24,7 +24,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 needs the backport: pip install tomli
     import tomli as tomllib
 
-PATH_FIELDS = {("data", "train"), ("data", "val"), ("run", "output_dir")}
+from clipserve.training.losses.config import LossConfig  # the [loss] section
+
+PATH_FIELDS = {
+    ("data", "train"),
+    ("data", "val"),
+    ("run", "output_dir"),
+    ("sampling", "mined"),
+}
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,21 @@ class ModelConfig:
     name: str = "clipserve-tiny"
     # open_clip pretrained tag or a local checkpoint path; None trains from scratch.
     pretrained: str | None = None
+    # Frozen guide model for the `guide` estimator/filter: "" = none, "start" = the starting
+    # weights (model.pretrained), or an open_clip tag / weights file / clipserve checkpoint
+    # of the architecture `guide_name` (default: model.name; a clipserve checkpoint names
+    # its own), e.g. a larger open_clip model.
+    guide: str = ""
+    guide_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("model.name must name an open_clip model, e.g. 'clipserve-tiny'.")
+        if self.guide == "start" and not self.pretrained:
+            raise ValueError(
+                'model.guide = "start" uses the starting weights as the guide, but '
+                "model.pretrained is not set (a model trained from scratch has none)."
+            )
 
 
 @dataclass(frozen=True)
@@ -95,14 +113,52 @@ class OptimConfig:
             raise ValueError(f"optim.grad_clip_norm must be 0 or more, got {self.grad_clip_norm}.")
 
 
+SAMPLING_MODES = ("random", "hard_batches", "mined_negatives")
+FILTERS = ("none", "margin", "guide", "duplicate", "cluster", "oracle")
+
+
 @dataclass(frozen=True)
-class LossConfig:
-    # Key of clipserve.training.train.LOSSES.
-    name: str = "clip"
+class SamplingConfig:
+    # random: a shuffle per epoch. hard_batches: neighbourhoods of the batch plan grouped
+    # into each batch (several per batch). mined_negatives: anchors plus their mined
+    # negatives (whole image-caption pairs) in each batch. See clipserve.training.sampling.
+    mode: str = "random"
+    # Output directory of `clipserve mine` on data.train. Unset with a non-random mode (or
+    # clusters for the `cluster` estimator): training mines once with its starting weights.
+    mined: str | None = None
+    # Re-mine with the current weights every N epochs (0 = never).
+    remine_every_epochs: int = 0
+    # In-training mining (what `clipserve mine` takes as options): negatives from neighbour
+    # ranks [rank_start, rank_start + rank_window), `negatives` kept per anchor after the
+    # offline `filter` (thresholds: loss.margin, loss.margin_mode, loss.fn_threshold,
+    # loss.hash_max_distance); hard-batch groups of group_size; k-means `clusters`.
+    rank_start: int = 3
+    rank_window: int = 30
+    negatives: int = 3
+    group_size: int = 16
+    clusters: int = 0
+    cluster_top: int = 1
+    filter: str = "none"
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("loss.name must name a registered loss, e.g. 'clip'.")
+        if self.mode not in SAMPLING_MODES:
+            raise ValueError(
+                f"unknown sampling.mode {self.mode!r}; known: {', '.join(SAMPLING_MODES)}."
+            )
+        if self.filter not in FILTERS:
+            raise ValueError(
+                f"unknown sampling.filter {self.filter!r}; known: {', '.join(FILTERS)}."
+            )
+        for name in ("remine_every_epochs", "rank_start", "clusters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sampling.{name} must be 0 or more, got {getattr(self, name)}.")
+        for name in ("rank_window", "negatives", "group_size", "cluster_top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sampling.{name} must be 1 or more, got {getattr(self, name)}.")
+        if self.negatives > self.rank_window:
+            raise ValueError("sampling.negatives cannot exceed sampling.rank_window.")
+        if self.filter == "cluster" and not self.clusters and not self.mined:
+            raise ValueError("sampling.filter = 'cluster' needs sampling.clusters > 0.")
 
 
 @dataclass(frozen=True)
@@ -137,6 +193,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +205,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "optim": OptimConfig,
     "loss": LossConfig,
+    "sampling": SamplingConfig,
     "run": RunConfig,
 }
 
