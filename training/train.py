@@ -45,6 +45,14 @@ from clipserve.training.checkpointing import (
 )
 from clipserve.training.config import TrainConfig, load_config
 from clipserve.training.data.manifest import ImageTextDataset, materialize, read_manifest
+from clipserve.training.distributed import (
+    DistContext,
+    init_distributed,
+    mean_over_ranks,
+    shard,
+    shutdown,
+    wrap_model,
+)
 from clipserve.training.evaluate import (
     embed_tensors,
     format_table,
@@ -196,6 +204,7 @@ def _sampling(
     cache: tuple[torch.Tensor, torch.Tensor] | None,
     device: torch.device,
     out_dir: Path,
+    ddp: DistContext,
 ) -> TrainSampling:
     """Batches and the loss's side inputs; loads the guide model and embeds the data once."""
     guide = None
@@ -211,7 +220,9 @@ def _sampling(
         guide = guide_features(loaded, records, device, cache)
         del loaded
     table = build_item_table(records, image_keys="image_keys" in needed, guide=guide)
-    return TrainSampling(cfg, records, table, cache, device, out_dir, cfg.run.progress)
+    return TrainSampling(
+        cfg, records, table, cache, device, out_dir, cfg.run.progress and ddp.is_main, ddp.rank
+    )
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
@@ -225,11 +236,13 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     metrics_path = out_dir / "metrics.jsonl"
     curve_path = out_dir / "training_curve.png"
     device = resolve_device(cfg.run.device)
+    ddp, device = init_distributed(device)  # torchrun: one process per rank
     if device.type == "cpu":
-        torch.set_num_threads(cfg.run.threads or available_cores())
+        torch.set_num_threads(cfg.run.threads or max(1, available_cores() // ddp.world_size))
 
     saved = read_run_state(ckpt_path, cfg)
     if saved is not None and saved.get("finished"):
+        shutdown(ddp)
         print(
             f"clipserve train: run in {out_dir} already finished at step {saved['step']}; "
             "nothing to do (delete the checkpoint to train again).",
@@ -256,8 +269,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # the run deterministic.
     torch.set_flush_denormal(True)
     try:
-        return _train(cfg, device, saved, ckpt_path, metrics_path, curve_path, stop_after)
+        return _train(cfg, device, saved, ckpt_path, metrics_path, curve_path, stop_after, ddp)
     finally:
+        shutdown(ddp)
         torch.use_deterministic_algorithms(prev_det)
         torch.set_flush_denormal(False)
 
@@ -270,6 +284,7 @@ def _train(
     metrics_path: Path,
     curve_path: Path,
     stop_after: int | None,
+    ddp: DistContext,
 ) -> TrainResult:
     out_dir = ckpt_path.parent.parent
     seed_everything(cfg.run.seed)
@@ -286,7 +301,7 @@ def _train(
     cached = not cfg.data.augment and cache_mib <= cfg.data.cache_max_mib
     cache = materialize(dataset) if cached else None
     batches = _Batches(dataset, cfg, cache)
-    sampling = _sampling(cfg, records, cache, device, out_dir)
+    sampling = _sampling(cfg, records, cache, device, out_dir, ddp)
     spe = sampling.steps_per_epoch
     if spe == 0:
         raise ValueError(
@@ -302,7 +317,8 @@ def _train(
         vimg, vtok = materialize(ImageTextDataset(vrec, loaded.preprocess_val, loaded.tokenizer))
         val = (vimg, vtok, relevance_labels(vrec))
 
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = build_loss(cfg.loss, rank=ddp.rank, world_size=ddp.world_size)
+    forward = wrap_model(model, ddp, device)  # DDP when distributed; `model` stays the module
     opt = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(device, cfg.run.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -310,7 +326,8 @@ def _train(
     progress = Progress()
     if saved is not None:
         progress = restore_run_state(saved, model, opt, scaler)
-        truncate_metrics(metrics_path, progress.step)
+        if ddp.is_main:
+            truncate_metrics(metrics_path, progress.step)
         print(
             f"clipserve train: resuming {out_dir} from step {progress.step}/{total}",
             file=sys.stderr,
@@ -318,10 +335,13 @@ def _train(
     step, elapsed, cpu_s = progress.step, progress.elapsed, progress.cpu_s
     eval_metrics, last_loss = progress.eval_metrics, progress.last_loss
     resumed = saved is not None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if ddp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint(last_loss: float | None) -> None:
+        if not ddp.is_main:
+            return
         save_run_state(
             ckpt_path,
             cfg=cfg,
@@ -334,6 +354,8 @@ def _train(
         )
 
     def log(row: dict[str, Any]) -> None:
+        if not ddp.is_main:
+            return
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -343,7 +365,11 @@ def _train(
         else contextlib.nullcontext()
     )
     bar = tqdm(
-        total=total, initial=step, disable=not cfg.run.progress, desc="train", dynamic_ncols=True
+        total=total,
+        initial=step,
+        disable=not (cfg.run.progress and ddp.is_main),
+        desc="train",
+        dynamic_ncols=True,
     )
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
     stats = _StatsWindow()
@@ -357,11 +383,11 @@ def _train(
                 break
             lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
             set_lr(opt, lr)
-            images = images.to(device, non_blocking=True)
-            tokens = tokens.to(device, non_blocking=True)
+            images = shard(images, ddp).to(device, non_blocking=True)
+            tokens = shard(tokens, ddp).to(device, non_blocking=True)
             with autocast:
-                model_out = model(image=images, text=tokens)
-                side = sampling.loss_batch(rows, step)
+                model_out = forward(image=images, text=tokens)
+                side = sampling.loss_batch(shard(rows, ddp), step)  # this rank's items
                 losses = loss_fn(**model_out, batch=side, output_dict=True)
                 loss = sum(losses.values())
             stats.add(loss_fn.last_stats)
@@ -369,12 +395,12 @@ def _train(
             step += 1
             elapsed = base_elapsed + time.perf_counter() - loop_t0
             cpu_s = base_cpu + time.process_time() - loop_c0
-            last_loss = float(loss.detach())
+            last_loss = mean_over_ranks(float(loss.detach()), ddp, device)
             window_loss, window_n = window_loss + last_loss, window_n + 1
             bar.update(1)
             if cfg.run.log_every and (step % cfg.run.log_every == 0 or step == total):
                 now = time.perf_counter()
-                sps = window_n * images.shape[0] / max(now - window_t0, 1e-9)
+                sps = window_n * cfg.data.batch_size / max(now - window_t0, 1e-9)
                 row = {
                     "step": step,
                     "epoch": round(step / spe, 4),
@@ -390,23 +416,33 @@ def _train(
                 log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
                 window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
-            if val is not None and cfg.run.eval_every and step % cfg.run.eval_every == 0:
+            if (
+                ddp.is_main
+                and val is not None
+                and cfg.run.eval_every
+                and step % cfg.run.eval_every == 0
+            ):
                 eval_metrics = _evaluate(model, val, device)
                 log({"step": step, "split": "val", **eval_metrics})
             if cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0 and step < end:
                 checkpoint(last_loss)
     bar.close()
     if (
-        step >= total
+        ddp.is_main
+        and step >= total
         and val is not None
         and not (cfg.run.eval_every and step % cfg.run.eval_every == 0)
     ):
         eval_metrics = _evaluate(model, val, device)
         log({"step": step, "split": "val", **eval_metrics})
     checkpoint(last_loss)
-    if eval_metrics is not None and step >= total:
+    if ddp.is_main and eval_metrics is not None and step >= total:
         (out_dir / "eval.json").write_text(json.dumps(eval_metrics, indent=2) + "\n")
-    curve = plot_training_curve(metrics_path, curve_path) if metrics_path.exists() else None
+    curve = (
+        plot_training_curve(metrics_path, curve_path)
+        if ddp.is_main and metrics_path.exists()
+        else None
+    )
     return TrainResult(
         out_dir,
         ckpt_path,

@@ -4,7 +4,9 @@
   makes sure the mined data is current: read from `sampling.mined`, or mined with the
   model's current weights at epoch 0 (no `sampling.mined`) and every
   `sampling.remine_every_epochs` epochs, saved under ``output_dir/mined/epoch_NNNN`` so a
-  resumed run reads what the interrupted one mined instead of mining again.
+  resumed run reads what the interrupted one mined instead of mining again. Under torchrun
+  every rank mines the same (same weights, deterministic), each with its own index
+  directory; rank 0 writes the files.
 - `loss_batch(rows, step)`: the loss's side inputs (`LossBatch`) for those rows.
 """
 
@@ -72,8 +74,9 @@ class TrainSampling:
         device: torch.device,
         out_dir: Path,
         progress: bool = True,
+        rank: int = 0,
     ) -> None:
-        self.cfg, self.records, self.table = cfg, records, table
+        self.cfg, self.records, self.table, self.rank = cfg, records, table, rank
         self.cached, self.device, self.progress = cached, device, progress
         self.mined_root = out_dir / "mined"
         self.mined: Mined | None = None
@@ -138,13 +141,14 @@ class TrainSampling:
 
     def _mine_now(self, model: Any, out: Path) -> Mined:
         assert self.cached is not None
-        print(f"clipserve train: mining with the current weights -> {out}", file=sys.stderr)
+        if self.rank == 0:
+            print(f"clipserve train: mining with the current weights -> {out}", file=sys.stderr)
         text, image = embed_tensors(model, self.cached[0], self.cached[1], device=self.device)
         loss = self.cfg.loss
         filter_cfg = replace(loss, estimator=self.cfg.sampling.filter)
         mcfg = mine_config(self.cfg)
-        mined, _ = mine(
-            text, image, self.table, mcfg, filter_cfg, self.mined_root / "index", self.progress
-        )
-        write_mined(out, self.records, mined, config_summary(mcfg, filter_cfg))
+        index_dir = self.mined_root / f"index-rank{self.rank}"
+        mined, _ = mine(text, image, self.table, mcfg, filter_cfg, index_dir, self.progress)
+        if self.rank == 0:
+            write_mined(out, self.records, mined, config_summary(mcfg, filter_cfg))
         return mined
