@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from clipserve.training.mining.mine import MineConfig, config_summary, mine, wri
 from clipserve.training.sampling.side_inputs import build_item_table  # noqa: E402
 from clipserve.training.train import train  # noqa: E402
 
-MODEL = "clipserve-tiny-p16"
+MODEL = "clipserve-tiny-p16"  # --model
 BATCH = 128
 KEY_METRICS = ("t2i_semantic_R@1", "t2i_semantic_R@10", "t2i_semantic_mAP", "i2t_semantic_R@1")
 
@@ -262,7 +262,9 @@ def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> d
     images = torch.stack([loaded.preprocess_val(r.open_image()) for r in records])
     tokens = loaded.tokenizer([r.caption for r in records])
     table = build_item_table(records, image_keys=True)
-    guide = torch.nn.functional.normalize(torch.randn(BATCH, 128), dim=-1)
+    with torch.no_grad():
+        dim = model(image=images[:2], text=tokens[:2])["image_features"].shape[1]
+    guide = torch.nn.functional.normalize(torch.randn(BATCH, dim), dim=-1)
     table = table.replace(
         guide_image_features=guide, guide_text_features=guide,
         cluster_ids=torch.arange(BATCH)[:, None] % 16,
@@ -402,7 +404,15 @@ def write_reports(out: Path, rows: list[dict[str, Any]], ratios: dict[str, float
 # ---------------------------------------------------------------------------- main
 
 
+def _scaled(cfg: synth.SynthConfig, scale: float) -> synth.SynthConfig:
+    if scale == 1.0:
+        return cfg
+    n = max(int(cfg.n * scale), cfg.tuple_count * 2)
+    return replace(cfg, n=n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global MODEL, BATCH, BASE_DATA
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="work/bench-train", help="data, base model, runs (cached)")
     p.add_argument("--out", default="docs/results", help="where the results go")
@@ -413,13 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--only", nargs="*", help="only these config names")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--model", default=MODEL, help="(smoke tests: clipserve-micro)")
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--data-scale", type=float, default=1.0, help="scale every data set's size")
     args = p.parse_args(argv)
+    MODEL, BATCH = args.model, args.batch
+    BASE_DATA = _scaled(BASE_DATA, args.data_scale)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     work, out = Path(args.work), Path(args.out)
     t_start = time.perf_counter()
     header = (
-        f"Command: `python bench/bench_train.py --seeds {args.seeds} --steps {args.steps} "
-        f"--base-steps {args.base_steps}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
+        f"Command: `python bench/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
         f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
     )
     base = base_model(work, args.base_steps)
@@ -431,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = []
     for setting in args.settings:
         data_cfg, runs = SETTINGS[setting]
+        data_cfg = _scaled(data_cfg, args.data_scale)
         specs = [s for s in runs() if not args.only or s.name in args.only]
         paths = synth.generate(data_cfg, work / "data" / setting, progress=False, reuse=True).paths
         filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") == "cluster"}  # fmt: skip
