@@ -197,19 +197,29 @@ def mine_target(work: Path, setting: str, data: Path, base: Path, filters: set[s
     return out
 
 
+def _pooled(tp: float, fp: float, fn: float) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"fn_precision": precision, "fn_recall": recall, "fn_f1": f1}
+
+
 def _fn_stats(metrics_path: Path) -> dict[str, float]:
-    """Mean of the loss's FN diagnostics over the run's training log rows."""
-    sums: dict[str, list[float]] = {}
+    """FN-detection precision/recall/F1 of the loss's estimator over the whole run (counts
+    pooled over the training log rows) and its mean mask rate."""
+    tp = fp = fn = 0.0
+    masks: list[float] = []
     if not metrics_path.is_file():
         return {}
     for line in metrics_path.read_text().splitlines():
         row = json.loads(line)
-        if row.get("split") == "val":
+        if row.get("split") == "val" or "loss_fn_tp" not in row:
             continue
-        for k, v in row.items():
-            if k.startswith("loss_fn_") and isinstance(v, int | float):
-                sums.setdefault(k, []).append(float(v))
-    return {k.replace("loss_", ""): float(np.mean(v)) for k, v in sums.items()}
+        tp, fp, fn = tp + row["loss_fn_tp"], fp + row["loss_fn_fp"], fn + row["loss_fn_fn"]
+        masks.append(row.get("loss_fn_mask_rate", float("nan")))
+    if not masks:
+        return {}
+    return _pooled(tp, fp, fn) | {"fn_mask_rate": float(np.mean(masks))}
 
 
 def run_one(
@@ -228,10 +238,7 @@ def run_one(
     result = train(cfg)
     wall = time.perf_counter() - t0
     metrics = dict(result.eval_metrics or {})
-    fn = _fn_stats(out / "metrics.jsonl")
-    for k in ("precision", "recall", "f1", "mask_rate"):
-        if f"fn_{k}" in fn:
-            metrics[f"fn_{k}"] = fn[f"fn_{k}"]
+    metrics |= _fn_stats(out / "metrics.jsonl")
     return {
         "setting": setting,
         "config": spec.name,
@@ -245,6 +252,74 @@ def run_one(
         "wall_seconds": round(wall, 2),
         "metrics": metrics,
     }
+
+
+DETECTORS = {
+    "em": {"estimator": "em", "policy": "positive"},
+    "margin": MARGIN,
+    "guide": GUIDE,
+    "duplicate": {"estimator": "duplicate"},
+    "cluster": {"estimator": "cluster"},
+    "oracle": {"estimator": "oracle"},
+}
+
+
+@torch.no_grad()
+def fn_detection(
+    setting: str, base: Path, train_path: Path, mined_dir: Path, n_batches: int
+) -> list[dict[str, Any]]:
+    """Every estimator's FN precision/recall/F1 against the exact labels on the base model's
+    features (the guide is the base, as in training), over the first n_batches random and
+    hard batches of the target's training set. Counts are pooled over the batches."""
+    from clipserve.training.data.manifest import ImageTextDataset, materialize
+    from clipserve.training.evaluate import embed_tensors
+    from clipserve.training.losses import build_loss
+    from clipserve.training.mining.mine import read_mined
+    from clipserve.training.model import load_pretrained
+    from clipserve.training.sampling.batches import HardBatches, RandomBatches
+
+    loaded = load_pretrained(MODEL, str(base))
+    records = read_manifest(train_path)
+    images, tokens = materialize(ImageTextDataset(records, loaded.preprocess_val, loaded.tokenizer))
+    text, image = embed_tensors(loaded.model, images, tokens)
+    t, i = torch.from_numpy(text), torch.from_numpy(image)
+    mined = read_mined(mined_dir, records)
+    table = build_item_table(records, image_keys=True, cluster_ids=mined.cluster_ids, guide=(i, t))
+    scale = loaded.model.logit_scale.exp()
+    samplers = {
+        "random": RandomBatches(len(records), BATCH, 0),
+        "hard_batches": HardBatches(mined.groups, BATCH, 0),
+    }
+    rows = []
+    for sampling, sampler in samplers.items():
+        batches = sampler.epoch(0)[:n_batches]
+        for name, extra in DETECTORS.items():
+            loss = build_loss(LossConfig(**extra))
+            tp = fp = fn = 0.0
+            mask, true_rate = [], []
+            for step, idx in enumerate(batches):
+                rows_t = torch.from_numpy(idx)
+                loss(
+                    image_features=i[rows_t], text_features=t[rows_t], logit_scale=scale,
+                    batch=table.batch(rows_t, step), output_dict=True,
+                )  # fmt: skip
+                st = loss.last_stats
+                tp, fp, fn = tp + st["fn_tp"], fp + st["fn_fp"], fn + st["fn_fn"]
+                mask.append(st["fn_mask_rate"])
+                true_rate.append(st.get("fn_true_rate", float("nan")))
+            rows.append(
+                {"setting": setting, "sampling": sampling, "estimator": name}
+                | _pooled(tp, fp, fn)
+                | {"mask_rate": float(np.mean(mask)), "true_fn_rate": float(np.mean(true_rate))}
+            )
+            r = rows[-1]
+            print(
+                f"  FN detection {setting}/{sampling}/{name}: precision {r['fn_precision']:.3f} "
+                f"recall {r['fn_recall']:.3f} F1 {r['fn_f1']:.3f} (true FN rate "
+                f"{r['true_fn_rate']:.3f}, mask rate {r['mask_rate']:.3f})",
+                flush=True,
+            )
+    return rows
 
 
 def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> dict[str, float]:
@@ -319,7 +394,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, tup
     return out
 
 
-def markdown(rows: list[dict[str, Any]], step_ratio: dict[str, float], header: str) -> str:
+def markdown(
+    rows: list[dict[str, Any]],
+    step_ratio: dict[str, float],
+    header: str,
+    detect: list[dict[str, Any]],
+) -> str:
     summary = summarise(rows)
     cols = [
         ("t2i sem R@1", "t2i_semantic_R@1"), ("t2i sem R@5", "t2i_semantic_R@5"),
@@ -393,10 +473,13 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_reports(out: Path, rows: list[dict[str, Any]], ratios: dict[str, float], header: str) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    detect = []
+    if (out / "fn_detection.json").is_file():
+        detect = json.loads((out / "fn_detection.json").read_text())
     tmp = out / "fn_benchmark.json.tmp"
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     tmp.replace(out / "fn_benchmark.json")
-    (out / "fn_benchmark.md").write_text(markdown(rows, ratios, header))
+    (out / "fn_benchmark.md").write_text(markdown(rows, ratios, header, detect))
     if rows:
         chart(rows, out / "fn_benchmark.png")
 
@@ -426,7 +509,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=MODEL, help="(smoke tests: clipserve-micro)")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--data-scale", type=float, default=1.0, help="scale every data set's size")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="data, base model, mining and FN detection only (before parallel shards)")  # fmt: skip
+    p.add_argument("--detect-batches", type=int, default=8, help="batches per FN-detection row")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="run only runs K, K+N, K+2N... (parallel processes; --out per shard)")  # fmt: skip
+    p.add_argument("--merge", nargs="*", metavar="JSON",
+                   help="only write the reports from these fn_benchmark.json files")  # fmt: skip
     args = p.parse_args(argv)
+    if args.merge:
+        rows = [r for path in args.merge for r in json.loads(Path(path).read_text())]
+        header_note = (
+            "Command: `python bench/bench_train.py "
+            + " ".join(argv if argv is not None else sys.argv[1:])
+            + "`"
+        )
+        prior = Path(args.out) / "fn_benchmark.md"
+        first = prior.read_text().splitlines()[0] if prior.is_file() else header_note
+        write_reports(Path(args.out), rows, {}, first)
+        print(f"merged {len(rows)} runs into {args.out}")
+        return 0
+    shard_k, shard_n = (int(x) for x in args.shard.split("/"))
     MODEL, BATCH = args.model, args.batch
     BASE_DATA = _scaled(BASE_DATA, args.data_scale)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -449,29 +552,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = [s for s in runs() if not args.only or s.name in args.only]
         paths = synth.generate(data_cfg, work / "data" / setting, progress=False, reuse=True).paths
         filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") == "cluster"}  # fmt: skip
-        mined = mine_target(work, setting, paths.train, base, filters) if filters else {}
+        filters.add("none")  # the groups and clusters FN detection runs on
+        mined = mine_target(work, setting, paths.train, base, filters)
         plan.append((setting, specs, paths, mined))
+    detect_path = out / "fn_detection.json"
+    if shard_k == 0 and not detect_path.is_file() and args.detect_batches:
+        detection = [
+            row
+            for setting, _, paths, mined in plan
+            for row in fn_detection(setting, base, paths.train, mined["none"], args.detect_batches)
+        ]
+        out.mkdir(parents=True, exist_ok=True)
+        detect_path.write_text(json.dumps(detection, indent=1) + "\n")
+    if args.prepare_only:
+        return 0
     # Seed-major order: every configuration's first seed finishes before any second seed.
     ratios: dict[str, float] = {}
-    for seed in range(args.seeds):
-        for setting, specs, paths, mined in plan:
-            for spec in specs:
-                if (setting, spec.name, seed) in done:
-                    continue
-                row = run_one(work, setting, spec, seed, paths, base, mined, args.steps)
-                rows.append(row)
-                m = row["metrics"]
-                print(
-                    f"[{time.perf_counter() - t_start:6.0f}s] {setting:7s} {spec.name:28s} "
-                    f"seed {seed}: t2i sem R@1 {m.get('t2i_semantic_R@1', float('nan')):.3f} "
-                    f"R@10 {m.get('t2i_semantic_R@10', float('nan')):.3f} mAP "
-                    f"{m.get('t2i_semantic_mAP', float('nan')):.3f} FN F1 "
-                    f"{m.get('fn_f1', float('nan')):.3f} ({row['wall_seconds']:.0f} s)",
-                    flush=True,
-                )
-                write_reports(out, rows, ratios, header)
+    todo = [
+        (seed, setting, spec, paths, mined)
+        for seed in range(args.seeds)
+        for setting, specs, paths, mined in plan
+        for spec in specs
+    ]
+    for seed, setting, spec, paths, mined in todo[shard_k::shard_n]:
+        if (setting, spec.name, seed) in done:
+            continue
+        row = run_one(work, setting, spec, seed, paths, base, mined, args.steps)
+        rows.append(row)
+        m = row["metrics"]
+        print(
+            f"[{time.perf_counter() - t_start:6.0f}s] {setting:7s} {spec.name:28s} "
+            f"seed {seed}: t2i sem R@1 {m.get('t2i_semantic_R@1', float('nan')):.3f} "
+            f"R@10 {m.get('t2i_semantic_R@10', float('nan')):.3f} mAP "
+            f"{m.get('t2i_semantic_mAP', float('nan')):.3f} FN F1 "
+            f"{m.get('fn_f1', float('nan')):.3f} ({row['wall_seconds']:.0f} s)",
+            flush=True,
+        )
+        write_reports(out, rows, ratios, header)
     specs_all = [s for _, specs, _, _ in plan for s in specs]
-    if args.step_reps and plan:
+    if args.step_reps and plan and shard_k == 0:
         secs = step_times(specs_all, base, plan[0][2].train, args.step_reps)
         ref = secs["ClipLoss (open_clip)"]
         ratios = {k: v / ref for k, v in secs.items()}
