@@ -458,10 +458,38 @@ def _train(
     )
 
 
+TRAIN_EPILOG = """\
+config sections (every key can be overridden as section.key=value):
+  [model]     name, pretrained (open_clip tag | open_clip weights file | clipserve checkpoint),
+              guide ("start" = frozen starting weights, or a checkpoint/weights file)
+  [data]      train, val (manifests), batch_size, augment, workers
+  [optim]     lr, warmup_steps, epochs or max_steps, weight_decay, grad_clip_norm
+  [loss]      name = clip | siglip; estimator = none | em | margin | guide | duplicate |
+              cluster | oracle (false-negative detector); policy = drop | downweight |
+              positive; hardness = none | hn-nce | hcl; margin, margin_mode, fn_threshold
+  [sampling]  mode = random | hard_batches | mined_negatives; mined (a `clipserve mine`
+              output; unset = mine with the starting weights); remine_every_epochs
+  [run]       output_dir, seed, device, precision, threads, eval_every, save_every_steps
+
+which to pick (docs/results/fn_benchmark.md has the numbers):
+  configs/finetune-random.toml           plain InfoNCE on random batches (the baseline)
+  configs/finetune-hard-filtered.toml    hard batches + guide filter (drop)
+  configs/finetune-mined-negatives.toml  mined negatives (clipserve mine) + guide filter
+  configs/finetune-siglip-positive.toml  sigmoid loss, suspected FN as extra positives
+
+examples:
+  clipserve train --config configs/tiny-synth.toml
+  clipserve train --config configs/finetune-hard-filtered.toml loss.policy=downweight
+  torchrun --nproc_per_node 2 -m clipserve.cli.main train --config CONFIG   (DDP)
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clipserve train",
         description="Contrastive fine-tuning from a TOML config; rerun the same command to resume.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML config (e.g. configs/tiny-synth.toml)")
     parser.add_argument(
