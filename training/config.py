@@ -1,12 +1,14 @@
 """Training configuration: frozen dataclasses loaded from a TOML file plus CLI overrides.
 
 A config file has the sections [model], [data], [optim], [loss], [sampling] and [run] (see
-configs/tiny-synth.toml and configs/finetune-*.toml). Overrides are ``section.key=value`` strings, typed by the field.
+configs/tiny-synth.toml and configs/finetune-*.toml). Overrides are ``section.key=value``
+strings, typed by the field.
 
-Relative paths (data.train, data.val, run.output_dir): those written **in the config file**
-are relative to the config file's directory, so a config and its data can move together;
-those given **as CLI overrides** are relative to the current working directory, like any other
-shell argument.
+Relative paths (data.train, data.val, run.output_dir, sampling.mined, and model.pretrained /
+model.guide when they look like paths: a "/" or a leading "." or "~"): those written **in
+the config file** are relative to the config file's directory, so a config and its data can
+move together; those given **as CLI overrides** are relative to the current working
+directory, like any other shell argument.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ PATH_FIELDS = {
     ("run", "output_dir"),
     ("sampling", "mined"),
 }
+# Either an open_clip tag / keyword ("openai", "start") or a file: resolved like the paths
+# above only when the value looks like a path (has a "/" or starts with "." or "~").
+MAYBE_PATH_FIELDS = {("model", "pretrained"), ("model", "guide")}
+
+
+def _is_path_field(section: str, key: str, value: Any) -> bool:
+    if (section, key) in PATH_FIELDS:
+        return True
+    return (
+        (section, key) in MAYBE_PATH_FIELDS
+        and isinstance(value, str)
+        and ("/" in value or "\\" in value or value.startswith((".", "~")))
+    )
 
 
 @dataclass(frozen=True)
@@ -295,7 +310,7 @@ def config_from_dict(
         kwargs = {k: _coerce(f"{section}.{k}", types_[k], v) for k, v in values.items()}
         if base_dir is not None:
             for k in kwargs:
-                if (section, k) in PATH_FIELDS:
+                if _is_path_field(section, k, kwargs[k]):
                     kwargs[k] = _resolve_path(kwargs[k], base_dir)
         built[section] = kwargs
     if "train" not in built["data"]:
@@ -332,15 +347,16 @@ def load_config(
         base = p.resolve().parent
         source = str(p)
     # Resolve file paths now, so overrides (relative to CWD) can be merged as absolute values.
-    for section, key in PATH_FIELDS:
+    for section, key in PATH_FIELDS | MAYBE_PATH_FIELDS:
         table = raw.get(section)
-        if isinstance(table, dict) and isinstance(table.get(key), str):
-            table[key] = _resolve_path(table[key], base)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and _is_path_field(section, key, value):
+            table[key] = _resolve_path(value, base)  # type: ignore[index]
     for text in overrides:
         section, key, value = parse_override(text)
         if (
             section in SECTIONS
-            and (section, key) in PATH_FIELDS
+            and _is_path_field(section, key, value)
             and value.lower() not in ("", "none")
         ):
             value = str(Path(value).expanduser().resolve())
