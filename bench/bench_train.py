@@ -54,7 +54,8 @@ from clipserve.training.sampling.side_inputs import build_item_table  # noqa: E4
 from clipserve.training.train import train  # noqa: E402
 
 MODEL = "clipserve-tiny-p16"  # --model
-BATCH = 128
+BATCH = 128  # --batch
+STEP_BATCH = 128  # step time is always measured at batch 128
 KEY_METRICS = ("t2i_semantic_R@1", "t2i_semantic_R@10", "t2i_semantic_mAP", "i2t_semantic_R@1")
 
 # Published defaults, not tuned here: GIST's guide margin 0 (absolute); NV-Retriever's
@@ -254,7 +255,7 @@ def run_one(
     }
 
 
-DETECTORS = {
+DETECTORS: dict[str, dict[str, Any]] = {
     "em": {"estimator": "em", "policy": "positive"},
     "margin": MARGIN,
     "guide": GUIDE,
@@ -323,7 +324,7 @@ def fn_detection(
 
 
 def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> dict[str, float]:
-    """Seconds per forward+loss+backward at batch 128, median over interleaved repetitions."""
+    """Seconds per forward+loss+backward at STEP_BATCH, median over interleaved repetitions."""
     import open_clip
 
     from clipserve.training.losses import build_loss
@@ -333,18 +334,18 @@ def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> d
     loaded = load_pretrained(MODEL, str(base))
     model = loaded.model.train()
     model.output_dict = True
-    records = read_manifest(data)[:BATCH]
+    records = read_manifest(data)[:STEP_BATCH]
     images = torch.stack([loaded.preprocess_val(r.open_image()) for r in records])
     tokens = loaded.tokenizer([r.caption for r in records])
     table = build_item_table(records, image_keys=True)
     with torch.no_grad():
         dim = model(image=images[:2], text=tokens[:2])["image_features"].shape[1]
-    guide = torch.nn.functional.normalize(torch.randn(BATCH, dim), dim=-1)
+    guide = torch.nn.functional.normalize(torch.randn(STEP_BATCH, dim), dim=-1)
     table = table.replace(
         guide_image_features=guide, guide_text_features=guide,
-        cluster_ids=torch.arange(BATCH)[:, None] % 16,
+        cluster_ids=torch.arange(STEP_BATCH)[:, None] % 16,
     )  # fmt: skip
-    side = table.batch(torch.arange(BATCH), step=0)
+    side = table.batch(torch.arange(STEP_BATCH), step=0)
     losses: dict[str, Any] = {"ClipLoss (open_clip)": open_clip.ClipLoss()}
     for spec in specs:
         losses.setdefault(_loss_key(spec), build_loss(LossConfig(**spec.loss)))
@@ -476,6 +477,10 @@ def write_reports(out: Path, rows: list[dict[str, Any]], ratios: dict[str, float
     detect = []
     if (out / "fn_detection.json").is_file():
         detect = json.loads((out / "fn_detection.json").read_text())
+    if ratios:
+        (out / "fn_step_time.json").write_text(json.dumps(ratios, indent=1) + "\n")
+    elif (out / "fn_step_time.json").is_file():
+        ratios = json.loads((out / "fn_step_time.json").read_text())
     tmp = out / "fn_benchmark.json.tmp"
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     tmp.replace(out / "fn_benchmark.json")
@@ -518,7 +523,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="only write the reports from these fn_benchmark.json files")  # fmt: skip
     args = p.parse_args(argv)
     if args.merge:
-        rows = [r for path in args.merge for r in json.loads(Path(path).read_text())]
+        found = [Path(x) for x in args.merge if Path(x).is_file()]
+        for missing in sorted(set(map(Path, args.merge)) - set(found)):
+            print(f"warning: {missing} does not exist (a shard that finished nothing?)")
+        merged = [r for path in found for r in json.loads(path.read_text())]
+        for path in args.merge:  # detection and step time come from the shard that made them
+            for name in ("fn_detection.json", "fn_step_time.json"):
+                src = Path(path).parent / name
+                if src.is_file() and src.resolve() != (Path(args.out) / name).resolve():
+                    Path(args.out).mkdir(parents=True, exist_ok=True)
+                    (Path(args.out) / name).write_text(src.read_text())
         header_note = (
             "Command: `python bench/bench_train.py "
             + " ".join(argv if argv is not None else sys.argv[1:])
@@ -526,8 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         prior = Path(args.out) / "fn_benchmark.md"
         first = prior.read_text().splitlines()[0] if prior.is_file() else header_note
-        write_reports(Path(args.out), rows, {}, first)
-        print(f"merged {len(rows)} runs into {args.out}")
+        write_reports(Path(args.out), merged, {}, first)
+        print(f"merged {len(merged)} runs into {args.out}")
         return 0
     shard_k, shard_n = (int(x) for x in args.shard.split("/"))
     MODEL, BATCH = args.model, args.batch
