@@ -80,7 +80,7 @@ class RunSpec:
 def high_fn_runs() -> list[RunSpec]:
     return [
         RunSpec("random", baseline=True),
-        RunSpec("hard"),
+        RunSpec("hard", "hard_batches"),
         RunSpec("mined", "mined_negatives"),
         RunSpec("hard+margin/drop", "hard_batches", MARGIN),
         RunSpec("hard+guide/drop", "hard_batches", GUIDE),
@@ -106,7 +106,7 @@ def high_fn_runs() -> list[RunSpec]:
 def low_fn_runs() -> list[RunSpec]:
     return [
         RunSpec("random", baseline=True),
-        RunSpec("hard"),
+        RunSpec("hard", "hard_batches"),
         RunSpec("hard+guide/drop", "hard_batches", GUIDE),
         RunSpec("random+guide/drop", "random", GUIDE),
     ]
