@@ -85,7 +85,7 @@ def _default_config(cfg: TrainConfig) -> dict[str, Any]:
     out = cfg.to_dict()
     for f in dataclasses.fields(cfg):
         if f.name != "data":
-            out[f.name] = dataclasses.asdict(f.default_factory())  # type: ignore[misc]
+            out[f.name] = dataclasses.asdict(f.default_factory())  # type: ignore[misc,operator]
     return out
 
 

@@ -54,7 +54,7 @@ class ItemTable:
                 raise ValueError(f"ItemTable.{f.name} has {value.shape[0]} rows, expected {self.n}")
 
     def replace(self, **changes: torch.Tensor | None) -> ItemTable:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def batch(self, index: torch.Tensor | Sequence[int], step: int | None = None) -> LossBatch:
         """The `LossBatch` of the items at `index` (in that order)."""
