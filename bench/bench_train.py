@@ -215,10 +215,14 @@ def _fn_stats(metrics_path: Path) -> dict[str, float]:
         return {}
     for line in metrics_path.read_text().splitlines():
         row = json.loads(line)
-        if row.get("split") == "val" or "loss_fn_tp" not in row:
+        if row.get("split") == "val":
             continue
-        tp, fp, fn = tp + row["loss_fn_tp"], fp + row["loss_fn_fp"], fn + row["loss_fn_fn"]
-        masks.append(row.get("loss_fn_mask_rate", float("nan")))
+        # Rows written before the keys lost their "loss_" prefix read the same.
+        row = {k.removeprefix("loss_"): v for k, v in row.items()}
+        if "fn_tp" not in row:
+            continue
+        tp, fp, fn = tp + row["fn_tp"], fp + row["fn_fp"], fn + row["fn_fn"]
+        masks.append(row.get("fn_mask_rate", float("nan")))
     if not masks:
         return {}
     return _pooled(tp, fp, fn) | {"fn_mask_rate": float(np.mean(masks))}

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -252,6 +253,7 @@ def test_train_loop_two_ranks_matches_one_process(tmp_path: Path) -> None:
     assert moved > 1e-3  # the comparison is not between two untrained models
     rows = (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3  # rank 0 alone logs
+    assert "fn_mask_rate" in json.loads(rows[-1])  # the filter's diagnostics are logged
 
 
 def _init_weights() -> dict[str, torch.Tensor]:

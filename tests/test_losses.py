@@ -226,11 +226,12 @@ def test_hard_negative_forms_match_their_direct_formulas(beta_hcl) -> None:
     li, lt = s * x @ y.T, s * y @ x.T
     hn = build_loss(LossConfig(hardness="hn-nce", hard_beta=beta_hcl, hard_alpha=0.7))
     want = 0.5 * (naive_hn_nce(li, beta_clip, 0.7) + naive_hn_nce(lt, beta_clip, 0.7))
-    assert float(hn(x, y, torch.tensor(s))) == pytest.approx(want, rel=1e-10)
+    s64 = torch.tensor(s, dtype=torch.float64)
+    assert float(hn(x, y, s64)) == pytest.approx(want, rel=1e-10)
     for tau in (0.0, 0.1):
         hcl = build_loss(LossConfig(hardness="hcl", hard_beta=beta_hcl, tau_plus=tau))
         want = 0.5 * (naive_hcl(li, beta_clip, tau, s) + naive_hcl(lt, beta_clip, tau, s))
-        assert float(hcl(x, y, torch.tensor(s))) == pytest.approx(want, rel=1e-10)
+        assert float(hcl(x, y, s64)) == pytest.approx(want, rel=1e-10)
 
 
 def test_hcl_floor_binds_without_nan() -> None:
@@ -244,20 +245,25 @@ def test_hcl_floor_binds_without_nan() -> None:
     assert hn_nce_rows(logits, pos, neg_log_w, 1.0).isfinite().all()
 
 
-def test_em_bce_term_reduces_to_emcrl_objective() -> None:
-    """EMCRL with T = clip(I + Q, 0, 1): -sum T log P - sum (1 - T) log(1 - P) (no flips;
-    targets row-normalised in the CE term, as the `positive` policy does)."""
+@pytest.mark.parametrize("normalize", [True, False])
+def test_em_bce_term_reduces_to_emcrl_objective(normalize) -> None:
+    """EMCRL with T = clip(I + Q, 0, 1): -sum T log P - sum (1 - T) log(1 - P) (no flips);
+    normalize_targets = False is the released code's raw T, True row-normalises the CE term."""
     x, y = feats(8)
     s = 10.0
-    loss_fn = build_loss(
-        LossConfig(estimator="em", policy="positive", neg_bce_weight=1.0, em_flip_prob=0)
+    cfg = LossConfig(
+        estimator="em",
+        policy="positive",
+        neg_bce_weight=1.0,
+        em_flip_prob=0,
+        normalize_targets=normalize,
     )
-    got = float(loss_fn(x, y, torch.tensor(s), batch=LossBatch(step=0)))
+    got = float(build_loss(cfg)(x, y, torch.tensor(s, dtype=x.dtype), batch=LossBatch(step=0)))
     want = 0.0
     for cos in (x @ y.T, y @ x.T):
         t = (torch.eye(8, dtype=cos.dtype) + torch.softmax(1.2 * cos, 1)).clamp(0, 1)
         logp = torch.log_softmax(s * cos, 1)
-        ce = -(t / t.sum(1, keepdim=True) * logp).sum(1)
+        ce = -((t / t.sum(1, keepdim=True) if normalize else t) * logp).sum(1)
         bce = -((1 - t) * torch.log1p(-logp.exp())).sum(1)
         want += 0.5 * float((ce + bce).mean())
     assert got == pytest.approx(want, rel=1e-9)
@@ -312,3 +318,25 @@ def test_missing_side_input_is_a_clear_error() -> None:
             build_loss(LossConfig(estimator=est))(x, y, torch.tensor(10.0))
     with pytest.raises(ValueError, match="needs 4 rows"):
         build_loss()(x, y, torch.tensor(10.0), batch=LossBatch(labels=torch.arange(3)))
+
+
+def test_loss_section_of_a_training_config(tmp_path) -> None:
+    from clipserve.training.config import load_config
+
+    cfg = load_config(
+        None,
+        [
+            f"data.train={tmp_path / 't.jsonl'}",
+            "loss.estimator=margin",
+            "loss.margin=0.05",
+            "loss.local_loss=true",
+            "loss.hardness=hcl",
+            "loss.tau_plus=0.05",
+        ],
+    )
+    assert cfg.loss == LossConfig(
+        estimator="margin", margin=0.05, local_loss=True, hardness="hcl", tau_plus=0.05
+    )
+    assert load_config(None, [f"data.train={tmp_path / 't.jsonl'}"]).loss.is_plain
+    with pytest.raises(ValueError, match="unknown loss.policy 'keep'"):
+        load_config(None, [f"data.train={tmp_path / 't.jsonl'}", "loss.policy=keep"])

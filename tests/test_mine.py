@@ -279,7 +279,7 @@ def test_fine_tune_with_mined_negatives_and_a_filter_resumes_exactly(
     assert full.step == 4 and full.eval_metrics is not None
     assert "t2i_semantic_R@1" in full.eval_metrics
     rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert "loss_fn_f1" in rows[0] and rows[0]["loss_fn_masked_positives"] == 0
+    assert "fn_f1" in rows[0] and rows[0]["fn_masked_positives"] == 0
     # 128 items, 8 anchors (+3 negatives each) per batch: 16 steps an epoch, so one mining.
     assert (tmp_path / "full" / "mined" / "epoch_0000" / "negatives.jsonl").is_file()
 

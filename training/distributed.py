@@ -54,6 +54,11 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     return DistContext(rank, world, local, owns), device
 
 
+def launched_rank() -> int:
+    """The rank torchrun gave this process (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

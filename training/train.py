@@ -48,6 +48,7 @@ from clipserve.training.data.manifest import ImageTextDataset, materialize, read
 from clipserve.training.distributed import (
     DistContext,
     init_distributed,
+    launched_rank,
     mean_over_ranks,
     shard,
     shutdown,
@@ -181,7 +182,8 @@ def _evaluate(model: Any, val: tuple[torch.Tensor, torch.Tensor, Any], device: A
 
 
 class _StatsWindow:
-    """Means of the loss's diagnostics (`last_stats`) over the steps since the last log row."""
+    """Means of the loss's diagnostics (`last_stats`: fn_mask_rate, fn_precision, fn_tp, ...)
+    over the steps since the last log row."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -193,7 +195,7 @@ class _StatsWindow:
         self.n += 1
 
     def pop(self) -> dict[str, float]:
-        out = {f"loss_{k}": round(v / max(self.n, 1), 6) for k, v in self.sums.items()}
+        out = {k: round(v / max(self.n, 1), 6) for k, v in self.sums.items()}
         self.sums, self.n = {}, 0
         return out
 
@@ -411,6 +413,8 @@ def _train(
                     "elapsed": round(elapsed, 3),
                     # CPU seconds of this process: a load-independent cost on shared machines.
                     "cpu_s": round(cpu_s, 3),
+                    # FN-filter diagnostics (mask rate, FN precision/recall), means over
+                    # the steps since the last row
                     **stats.pop(),
                 }
                 log(row)
@@ -501,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
+    if launched_rank() != 0:  # under torchrun, rank 0 reports
+        return 0
     if not result.already_finished:
         print(
             f"trained {cfg.model.name}: {result.step} steps ({result.epoch:.2f} epochs) in "

@@ -41,6 +41,9 @@ class LossConfig:
     em_seed: int = 0
     # duplicate estimator: image hashes within this Hamming distance count as duplicates.
     hash_max_distance: int = 0
+    # policy "positive", softmax: row-normalised targets (ALBEF) or, when false, EMCRL's raw
+    # T = clip(I + p, 0, 1) in -sum_k T_ak log P_ak.
+    normalize_targets: bool = True
     # softmax only: EMCRL's push-down term  -lambda * sum_k (1 - t_ak) log(1 - P_ak).
     neg_bce_weight: float = 0.0
     # Hard-negative emphasis (softmax only): none | hn-nce (DiHT) | hcl (HCL; with

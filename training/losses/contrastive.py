@@ -138,7 +138,9 @@ class ContrastiveLoss(nn.Module):
             rx, ry, offset = image_features, text_features, self.rank * image_features.shape[0]
         else:
             rx, ry, offset = ax, ay, 0
-        sim_i2t, sim_t2i = rx @ ay.T, ry @ ax.T  # (R, C) cosines
+        # (R, C) cosines; float32 at least, so the filters' arithmetic is exact under autocast.
+        dt = torch.promote_types(rx.dtype, torch.float32)
+        sim_i2t, sim_t2i = (rx @ ay.T).to(dt), (ry @ ax.T).to(dt)
         bias = 0.0 if logit_bias is None else logit_bias
         l_i2t, l_t2i = logit_scale * sim_i2t + bias, logit_scale * sim_t2i + bias
         rows, cols = l_i2t.shape
@@ -154,7 +156,7 @@ class ContrastiveLoss(nn.Module):
             else:
                 loss = sigmoid_rows(l_i2t, plan.target, plan.weight).sum() / rows
         else:
-            s_detached = float(logit_scale.detach())
+            s_detached = logit_scale.detach()
             loss = 0.5 * sum(  # type: ignore[assignment]
                 self._softmax_rows(lg, pos, plan, s_detached, bias).mean()
                 for lg, plan in ((l_i2t, plans[0]), (l_t2i, plans[1]))
@@ -187,16 +189,19 @@ class ContrastiveLoss(nn.Module):
         logits: torch.Tensor,
         pos: torch.Tensor,
         plan: PairPlan | None,
-        scale: float,
+        scale: torch.Tensor,
         bias: Any,
     ) -> torch.Tensor:
         cfg = self.config
         log_w = torch.zeros_like(logits) if plan is None else plan.log_weight()
-        targets = None if plan is None or cfg.policy != "positive" else plan.soft_targets()
+        targets = None
+        if plan is not None and cfg.policy == "positive":
+            targets = plan.soft_targets() if cfg.normalize_targets else plan.target
         if cfg.hardness == "none":
             rows = weighted_ce_rows(logits, pos, None if plan is None else log_w, targets)
         else:
-            beta_clip = 2.0 * cfg.hard_beta / scale
+            # HCL's beta is on sim / 0.5; on CLIP logits s * sim that is 2 * beta / s.
+            beta_clip = 0.0 if cfg.hard_beta == 0 else 2.0 * cfg.hard_beta / scale
             neg_log_w, n_neg = hard_log_weights(logits, pos, log_w, beta_clip)
             if cfg.hardness == "hn-nce":
                 if targets is None:

@@ -30,12 +30,12 @@ def hard_log_weights(
     logits: torch.Tensor,  # (R, C)
     pos: torch.Tensor,  # (R, C) bool
     log_weight: torch.Tensor,  # (R, C) policy log-weights; 0 on the positive
-    beta_clip: float,
+    beta_clip: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log w' on the negatives with -inf on the positive, N_a (R,))."""
     neg_log_w = log_weight.masked_fill(pos, -math.inf)
     n_neg = neg_log_w.exp().sum(dim=1)  # (R,) N_a, no gradient (policy weights are constants)
-    if beta_clip == 0:
+    if isinstance(beta_clip, float) and beta_clip == 0:
         return neg_log_w, n_neg
     alive = (n_neg > 0).unsqueeze(1)
     # Rows with no negative left get a dummy finite row, so logsumexp's gradient stays finite.

@@ -19,14 +19,16 @@ def weighted_ce_rows(
     logits: torch.Tensor,  # (R, C)
     pos: torch.Tensor,  # (R, C) bool, one True per row
     log_weight: torch.Tensor | None = None,  # (R, C), -inf = removed; 0 = weight 1
-    targets: torch.Tensor | None = None,  # (R, C) rows summing to 1; None = one-hot(pos)
+    targets: torch.Tensor | None = None,  # (R, C) >= 0; None = one-hot(pos)
 ) -> torch.Tensor:
-    """(R,) per-row loss."""
+    """(R,) per-row loss -sum_k T_ak log_softmax(l + log w)_ak, written with the raw logits in
+    the numerator: sum_k T_ak * logsumexp(l + log w) - sum_k T_ak l_ak."""
     den = logits if log_weight is None else logits + log_weight
     lse = torch.logsumexp(den, dim=1)
     # masked_select keeps row order: exactly one True per row.
-    num = logits.masked_select(pos) if targets is None else (targets * logits).sum(dim=1)
-    return lse - num
+    if targets is None:
+        return lse - logits.masked_select(pos)
+    return targets.sum(dim=1) * lse - (targets * logits).sum(dim=1)
 
 
 def neg_bce_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
