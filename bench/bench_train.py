@@ -228,11 +228,27 @@ def _fn_stats(metrics_path: Path) -> dict[str, float]:
     return _pooled(tp, fp, fn) | {"fn_mask_rate": float(np.mean(masks))}
 
 
+def run_dir(work: Path, setting: str, spec: RunSpec, seed: int) -> Path:
+    return work / "runs" / setting / spec.name.replace("/", "_").replace("+", "-") / f"seed{seed}"
+
+
+def claim(work: Path, setting: str, spec: RunSpec, seed: int) -> bool:
+    """Take the run for this process (parallel --shard processes share one work queue);
+    False when another process has taken it."""
+    marker = run_dir(work, setting, spec, seed).with_suffix(".claim")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        marker.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
 def run_one(
     work: Path, setting: str, spec: RunSpec, seed: int, data: synth.SynthPaths,
     base: Path, mined: dict[str, Path], steps: int,
 ) -> dict[str, Any]:  # fmt: skip
-    out = work / "runs" / setting / spec.name.replace("/", "_").replace("+", "-") / f"seed{seed}"
+    out = run_dir(work, setting, spec, seed)
     sampling: dict[str, Any] = {"mode": spec.mode}
     if spec.mode != "random" or spec.loss.get("estimator") == "cluster":
         sampling["mined"] = str(mined[spec.mined_filter])
@@ -526,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--detect-batches", type=int, default=8, help="batches per FN-detection row")
     p.add_argument("--shard", default="0/1", metavar="K/N",
                    help="run only runs K, K+N, K+2N... (parallel processes; --out per shard)")  # fmt: skip
+    p.add_argument("--queue", action="store_true",
+                   help="with parallel processes: take runs in order from a shared queue "
+                   "(run-directory claims) instead of a fixed --shard split")  # fmt: skip
+    p.add_argument("--note", help="with --merge: the text above the tables (commands, machine)")
     p.add_argument("--merge", nargs="*", metavar="JSON",
                    help="only write the reports from these fn_benchmark.json files")  # fmt: skip
     args = p.parse_args(argv)
@@ -533,7 +553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = [Path(x) for x in args.merge if Path(x).is_file()]
         for missing in sorted(set(map(Path, args.merge)) - set(found)):
             print(f"warning: {missing} does not exist (a shard that finished nothing?)")
-        merged = [r for path in found for r in json.loads(path.read_text())]
+        merged, seen = [], set()
+        for path in found:
+            for r in json.loads(path.read_text()):
+                key = (r["setting"], r["config"], r["seed"])
+                if key not in seen:
+                    seen.add(key)
+                    merged.append(r)
         for path in args.merge:  # detection and step time come from the shard that made them
             for name in ("fn_detection.json", "fn_step_time.json"):
                 src = Path(path).parent / name
@@ -595,8 +621,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for setting, specs, paths, mined in plan
         for spec in specs
     ]
-    for seed, setting, spec, paths, mined in todo[shard_k::shard_n]:
+    queue = todo if args.queue else todo[shard_k::shard_n]
+    for seed, setting, spec, paths, mined in queue:
         if (setting, spec.name, seed) in done:
+            continue
+        if args.queue and not claim(work, setting, spec, seed):
             continue
         row = run_one(work, setting, spec, seed, paths, base, mined, args.steps)
         rows.append(row)
