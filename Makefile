@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 TRITON_ENV := .triton-env
 PEER_VENV := .bench-venv/infinity
 
-.PHONY: help install demo test lint typecheck proto clean node-deps deploy-test triton-env bench-peer-venv bench-serve
+.PHONY: help install demo test lint typecheck proto clean node-deps deploy-test triton-env bench-peer-venv bench-serve bench-train
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: $(STAMP)  ## ruff lint + format check, mypy on hand-written code
 
 proto: $(STAMP)  ## regenerate the gRPC/protobuf stubs in proto/v1 from proto/v1/*.proto
 	$(BIN)/python -m clipserve.proto.generate
+
+bench-train: $(STAMP)  ## FN-filtered hard-negative benchmark -> docs/results/fn_benchmark.{json,md,png} (<= 45 min on 2 idle cores)
+	$(BIN)/python bench/bench_train.py --work $(WORK)/bench-train --out docs/results $(BENCH_ARGS)
 
 clean:  ## remove the work directory (keeps .venv)
 	rm -rf $(WORK)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("clipserve.training.data_cli", "make or inspect data sets (data synth --out DIR ...)"),
+    "data": ("clipserve.training.data.cli", "make or inspect data sets (data synth --out DIR ...)"),
     "train": ("clipserve.training.train", "fine-tune a CLIP model from a config file"),
+    "mine": ("clipserve.training.mining.cli", "mine hard negatives / hard batches via the index"),
     "eval": ("clipserve.training.evaluate", "instance and semantic retrieval metrics"),
     "export": ("clipserve.training.export", "export a checkpoint to an ONNX model bundle"),
     "triton-repo": (

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipserve.training.data import ImageTextDataset, Record, materialize, read_manifest
+from clipserve.training.data.manifest import ImageTextDataset, Record, materialize, read_manifest
 from clipserve.training.model import ModelSpec, create_model
 
 

@@ -55,9 +55,7 @@ SERVE_IMAGES = ("clipserve:", "/clipserve:")
 # serving; issue 7: index CLI; issue 5: mining; the Triton export). Each is (command, flag);
 # "*" = the whole command is pending. The check below treats these as present. REMOVE an entry
 # once its flag exists — test_pending_flags_are_still_pending fails to say so.
-PENDING_FLAGS: set[tuple[str, str]] = {
-    ("mine", "*"),
-}
+PENDING_FLAGS: set[tuple[str, str]] = set()
 
 
 # -- a renderer for the kustomize subset these files use ------------------------------------------

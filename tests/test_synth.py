@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from clipserve.cli import main as cli_main
-from clipserve.training import data_cli, synth
+from clipserve.training.data import cli as data_cli
+from clipserve.training.data import synth
 
 
 def _read(path: Path) -> list[dict]:

@@ -9,6 +9,7 @@ whose identity fields (`RUN_IDENTITY`) match the current config.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ RUN_IDENTITY = {
     "model": None,
     "optim": None,
     "loss": None,
+    "sampling": None,
     "data": ("train", "batch_size", "augment"),
     "run": ("seed",),
 }
@@ -78,10 +80,22 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _default_config(cfg: TrainConfig) -> dict[str, Any]:
+    """cfg's dict with every section but data at its defaults (data.train has none)."""
+    out = cfg.to_dict()
+    for f in dataclasses.fields(cfg):
+        if f.name != "data":
+            out[f.name] = dataclasses.asdict(f.default_factory())  # type: ignore[misc,operator]
+    return out
+
+
 def check_same_run(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
     """Raise ValueError naming the differing fields when `saved` (a checkpoint's config) belongs
     to a different run than `cfg`."""
     a, b = run_identity(saved), run_identity(cfg.to_dict())
+    # A field the saved config lacks was added since; it had its default then.
+    defaults = run_identity(_default_config(cfg))
+    a = {k: a.get(k, defaults.get(k)) for k in a.keys() | b.keys()}
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     if diff:
         details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)

@@ -1,12 +1,14 @@
 """Training configuration: frozen dataclasses loaded from a TOML file plus CLI overrides.
 
-A config file has the sections [model], [data], [optim], [loss] and [run] (see
-configs/tiny-synth.toml). Overrides are ``section.key=value`` strings, typed by the field.
+A config file has the sections [model], [data], [optim], [loss], [sampling] and [run] (see
+configs/tiny-synth.toml and configs/finetune-*.toml). Overrides are ``section.key=value``
+strings, typed by the field.
 
-Relative paths (data.train, data.val, run.output_dir): those written **in the config file**
-are relative to the config file's directory, so a config and its data can move together;
-those given **as CLI overrides** are relative to the current working directory, like any other
-shell argument.
+Relative paths (data.train, data.val, run.output_dir, sampling.mined, and model.pretrained /
+model.guide when they look like paths: a "/" or a leading "." or "~"): those written **in
+the config file** are relative to the config file's directory, so a config and its data can
+move together; those given **as CLI overrides** are relative to the current working
+directory, like any other shell argument.
 """
 
 from __future__ import annotations
@@ -26,7 +28,25 @@ else:  # pragma: no cover - Python 3.10 needs the backport: pip install tomli
 
 from clipserve.training.losses.config import LossConfig  # the [loss] section
 
-PATH_FIELDS = {("data", "train"), ("data", "val"), ("run", "output_dir")}
+PATH_FIELDS = {
+    ("data", "train"),
+    ("data", "val"),
+    ("run", "output_dir"),
+    ("sampling", "mined"),
+}
+# Either an open_clip tag / keyword ("openai", "start") or a file: resolved like the paths
+# above only when the value looks like a path (has a "/" or starts with "." or "~").
+MAYBE_PATH_FIELDS = {("model", "pretrained"), ("model", "guide")}
+
+
+def _is_path_field(section: str, key: str, value: Any) -> bool:
+    if (section, key) in PATH_FIELDS:
+        return True
+    return (
+        (section, key) in MAYBE_PATH_FIELDS
+        and isinstance(value, str)
+        and ("/" in value or "\\" in value or value.startswith((".", "~")))
+    )
 
 
 @dataclass(frozen=True)
@@ -34,10 +54,21 @@ class ModelConfig:
     name: str = "clipserve-tiny"
     # open_clip pretrained tag or a local checkpoint path; None trains from scratch.
     pretrained: str | None = None
+    # Frozen guide model for the `guide` estimator/filter: "" = none, "start" = the starting
+    # weights (model.pretrained), or an open_clip tag / weights file / clipserve checkpoint
+    # of the architecture `guide_name` (default: model.name; a clipserve checkpoint names
+    # its own), e.g. a larger open_clip model.
+    guide: str = ""
+    guide_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("model.name must name an open_clip model, e.g. 'clipserve-tiny'.")
+        if self.guide == "start" and not self.pretrained:
+            raise ValueError(
+                'model.guide = "start" uses the starting weights as the guide, but '
+                "model.pretrained is not set (a model trained from scratch has none)."
+            )
 
 
 @dataclass(frozen=True)
@@ -97,6 +128,54 @@ class OptimConfig:
             raise ValueError(f"optim.grad_clip_norm must be 0 or more, got {self.grad_clip_norm}.")
 
 
+SAMPLING_MODES = ("random", "hard_batches", "mined_negatives")
+FILTERS = ("none", "margin", "guide", "duplicate", "cluster", "oracle")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    # random: a shuffle per epoch. hard_batches: neighbourhoods of the batch plan grouped
+    # into each batch (several per batch). mined_negatives: anchors plus their mined
+    # negatives (whole image-caption pairs) in each batch. See clipserve.training.sampling.
+    mode: str = "random"
+    # Output directory of `clipserve mine` on data.train. Unset with a non-random mode (or
+    # clusters for the `cluster` estimator): training mines once with its starting weights.
+    mined: str | None = None
+    # Re-mine with the current weights every N epochs (0 = never).
+    remine_every_epochs: int = 0
+    # In-training mining (what `clipserve mine` takes as options): negatives from neighbour
+    # ranks [rank_start, rank_start + rank_window), `negatives` kept per anchor after the
+    # offline `filter` (thresholds: loss.margin, loss.margin_mode, loss.fn_threshold,
+    # loss.hash_max_distance); hard-batch groups of group_size; k-means `clusters`.
+    rank_start: int = 3
+    rank_window: int = 30
+    negatives: int = 3
+    group_size: int = 16
+    clusters: int = 0
+    cluster_top: int = 1
+    filter: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.mode not in SAMPLING_MODES:
+            raise ValueError(
+                f"unknown sampling.mode {self.mode!r}; known: {', '.join(SAMPLING_MODES)}."
+            )
+        if self.filter not in FILTERS:
+            raise ValueError(
+                f"unknown sampling.filter {self.filter!r}; known: {', '.join(FILTERS)}."
+            )
+        for name in ("remine_every_epochs", "rank_start", "clusters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sampling.{name} must be 0 or more, got {getattr(self, name)}.")
+        for name in ("rank_window", "negatives", "group_size", "cluster_top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sampling.{name} must be 1 or more, got {getattr(self, name)}.")
+        if self.negatives > self.rank_window:
+            raise ValueError("sampling.negatives cannot exceed sampling.rank_window.")
+        if self.filter == "cluster" and not self.clusters and not self.mined:
+            raise ValueError("sampling.filter = 'cluster' needs sampling.clusters > 0.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: str = "runs/default"
@@ -129,6 +208,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +220,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "optim": OptimConfig,
     "loss": LossConfig,
+    "sampling": SamplingConfig,
     "run": RunConfig,
 }
 
@@ -229,7 +310,7 @@ def config_from_dict(
         kwargs = {k: _coerce(f"{section}.{k}", types_[k], v) for k, v in values.items()}
         if base_dir is not None:
             for k in kwargs:
-                if (section, k) in PATH_FIELDS:
+                if _is_path_field(section, k, kwargs[k]):
                     kwargs[k] = _resolve_path(kwargs[k], base_dir)
         built[section] = kwargs
     if "train" not in built["data"]:
@@ -266,15 +347,16 @@ def load_config(
         base = p.resolve().parent
         source = str(p)
     # Resolve file paths now, so overrides (relative to CWD) can be merged as absolute values.
-    for section, key in PATH_FIELDS:
+    for section, key in PATH_FIELDS | MAYBE_PATH_FIELDS:
         table = raw.get(section)
-        if isinstance(table, dict) and isinstance(table.get(key), str):
-            table[key] = _resolve_path(table[key], base)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and _is_path_field(section, key, value):
+            table[key] = _resolve_path(value, base)  # type: ignore[index]
     for text in overrides:
         section, key, value = parse_override(text)
         if (
             section in SECTIONS
-            and (section, key) in PATH_FIELDS
+            and _is_path_field(section, key, value)
             and value.lower() not in ("", "none")
         ):
             value = str(Path(value).expanduser().resolve())

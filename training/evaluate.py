@@ -1,7 +1,9 @@
 """Retrieval metrics and the `clipserve eval` command.
 
 Instance Recall@K: caption i matches image i only. Semantic Recall@K / mAP: every item whose
-`labels` equal the query's labels is relevant (the synthetic data has many such true matches).
+`labels` equal the query's labels is relevant (the synthetic data has many such true matches);
+when the manifest has `caption_labels` (captions naming only some attributes), caption k and
+image a are relevant iff every part of caption k's labels is in image a's (`relevance`).
 Rankings sort scores descending with a stable sort, so ties go to the lower gallery index.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipserve.training.data import ImageTextDataset, Record, read_manifest
+from clipserve.training.data.manifest import ImageTextDataset, Record, read_manifest
 
 
 def _ranking(scores: np.ndarray) -> np.ndarray:
@@ -32,10 +34,49 @@ def _label_ids(q: Sequence[str], g: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     return qi, gi
 
 
+def tag_matrix(keys: Sequence[str], vocab: dict[str, int]) -> np.ndarray:
+    """[N, V] bool: which "|"-separated parts each key has; new parts are added to `vocab`."""
+    rows = [[vocab.setdefault(part, len(vocab)) for part in key.split("|")] for key in keys]
+    out = np.zeros((len(keys), len(vocab)), dtype=bool)
+    for i, cols in enumerate(rows):
+        out[i, cols] = True
+    return out
+
+
+def relevance(
+    text_labels: Sequence[str], image_labels: Sequence[str], match: str = "equal"
+) -> np.ndarray:
+    """[Nt, Ni] bool ground truth: is caption t relevant to image i?
+
+    match "equal": equal label strings. match "subset": every "|"-part of the caption's
+    labels is among the image's (a caption naming fewer attributes matches more images).
+    """
+    if match == "equal":
+        qi, gi = _label_ids(text_labels, image_labels)
+        return qi[:, None] == gi[None, :]
+    if match != "subset":
+        raise ValueError(f"match must be 'equal' or 'subset', got {match!r}")
+    vocab: dict[str, int] = {}
+    t = tag_matrix(text_labels, vocab)
+    i = tag_matrix(image_labels, vocab)
+    t = np.pad(t, ((0, 0), (0, len(vocab) - t.shape[1])))
+    missing = t.astype(np.float32) @ (~i).astype(np.float32).T  # named parts the image lacks
+    return missing == 0
+
+
+def relevance_labels(records: Sequence[Record]) -> tuple[list[str], list[str], str] | None:
+    """(caption keys, image keys, match) for `relevance`, or None when labels are missing."""
+    if not all(r.labels for r in records):
+        return None
+    image = [str(r.labels) for r in records]
+    if not any(r.caption_labels for r in records):
+        return image, image, "equal"
+    return [str(r.caption_labels or r.labels) for r in records], image, "subset"
+
+
 def _direction(
     scores: np.ndarray,
-    q_labels: Sequence[str] | None,
-    g_labels: Sequence[str] | None,
+    relevant: np.ndarray | None,
     ks: Sequence[int],
     prefix: str,
 ) -> dict[str, float]:
@@ -47,9 +88,7 @@ def _direction(
         for k in ks:
             out[f"{prefix}_R@{k}"] = float(np.mean(hit_pos < k))
         out[f"{prefix}_median_rank"] = float(np.median(hit_pos + 1))
-    if q_labels is not None and g_labels is not None:
-        qi, gi = _label_ids(q_labels, g_labels)
-        relevant = qi[:, None] == gi[None, :]  # [Q, G]
+    if relevant is not None:  # [Q, G]
         rel_sorted = np.take_along_axis(relevant, order, axis=1)
         n_rel = relevant.sum(axis=1)
         for k in ks:
@@ -69,13 +108,15 @@ def retrieval_metrics(
     text_labels: Sequence[str] | None = None,
     image_labels: Sequence[str] | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    match: str = "equal",
 ) -> dict[str, float]:
     """Text->image (t2i) and image->text (i2t) retrieval metrics.
 
     text_emb [Nt, D], image_emb [Ni, D] (L2-normalised, so dot = cosine). Instance metrics
     (``t2i_R@K``, ``i2t_R@K``, ``*_median_rank``) need Nt == Ni (caption i <-> image i).
     Semantic metrics (``*_semantic_R@K``, ``*_semantic_mAP``, ``*_semantic_R@1_chance``) need
-    both label lists. mAP averages over queries with at least one relevant item.
+    both label lists; `match` says how they decide relevance (see `relevance`). mAP averages
+    over queries with at least one relevant item.
     """
     text_emb = np.asarray(text_emb, dtype=np.float32)
     image_emb = np.asarray(image_emb, dtype=np.float32)
@@ -93,8 +134,13 @@ def retrieval_metrics(
         raise ValueError("labels must have one entry per embedding row")
     scores = text_emb @ image_emb.T  # [Nt, Ni]
     out = {"n_text": float(len(text_emb)), "n_image": float(len(image_emb))}
-    out |= _direction(scores, text_labels, image_labels, ks, "t2i")
-    out |= _direction(scores.T, image_labels, text_labels, ks, "i2t")
+    rel = (
+        relevance(text_labels, image_labels, match)
+        if text_labels is not None and image_labels is not None
+        else None
+    )
+    out |= _direction(scores, rel, ks, "t2i")
+    out |= _direction(scores.T, None if rel is None else rel.T, ks, "i2t")
     return out
 
 
@@ -150,10 +196,10 @@ def evaluate_records(
     model: Any, records: Sequence[Record], preprocess: Any, tokenizer: Any, **kw: Any
 ) -> dict[str, float]:
     text, image = embed_dataset(model, records, preprocess, tokenizer, **kw)
-    labels = [r.labels for r in records]
-    have = all(x is not None for x in labels)
-    lab = [str(x) for x in labels] if have else None
-    return retrieval_metrics(text, image, lab, lab)
+    rel = relevance_labels(records)
+    if rel is None:
+        return retrieval_metrics(text, image)
+    return retrieval_metrics(text, image, rel[0], rel[1], match=rel[2])
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -76,6 +76,44 @@ def create_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedM
     return LoadedModel(model, preprocess_train, preprocess_val, tokenizer, spec)
 
 
+def load_pretrained(
+    name: str, pretrained: str | None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Model `name` with starting weights `pretrained`: an open_clip tag, a local open_clip /
+    state-dict file, or a clipserve checkpoint (weights only; its model_name must be `name`).
+    """
+    if pretrained and Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser()
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+            if state["model_name"] != name:
+                raise ValueError(
+                    f"{path} holds a {state['model_name']!r} model, but the model asked "
+                    f"for is {name!r}."
+                )
+            loaded = create_model(ModelSpec(name, None), device=device)
+            loaded.model.load_state_dict(state["model"])
+            return LoadedModel(
+                loaded.model,
+                loaded.preprocess_train,
+                loaded.preprocess_val,
+                loaded.tokenizer,
+                ModelSpec(name, str(path)),
+            )
+    return create_model(ModelSpec(name, pretrained), device=device)
+
+
+def checkpoint_model_name(path: str | Path) -> str | None:
+    """The model_name of a clipserve checkpoint, or None for anything else."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return None
+    state = torch.load(p, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        return str(state["model_name"])
+    return None
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (tmp file + rename), so a crash never leaves half a file.
 

@@ -44,7 +44,7 @@ from clipserve.training.checkpointing import (
     truncate_metrics,
 )
 from clipserve.training.config import TrainConfig, load_config
-from clipserve.training.data import ImageTextDataset, materialize, read_manifest
+from clipserve.training.data.manifest import ImageTextDataset, materialize, read_manifest
 from clipserve.training.distributed import (
     DistContext,
     init_distributed,
@@ -54,9 +54,14 @@ from clipserve.training.distributed import (
     shutdown,
     wrap_model,
 )
-from clipserve.training.evaluate import embed_tensors, format_table, retrieval_metrics
-from clipserve.training.losses import LossBatch, build_loss
-from clipserve.training.model import CHECKPOINT_FORMAT, LoadedModel, ModelSpec, create_model
+from clipserve.training.evaluate import (
+    embed_tensors,
+    format_table,
+    relevance_labels,
+    retrieval_metrics,
+)
+from clipserve.training.losses import build_loss
+from clipserve.training.model import LoadedModel, load_pretrained
 from clipserve.training.optim import (
     build_optimizer,
     lr_at,
@@ -65,6 +70,9 @@ from clipserve.training.optim import (
     set_lr,
 )
 from clipserve.training.plots import plot_training_curve
+from clipserve.training.sampling.guide import guide_features, load_guide
+from clipserve.training.sampling.side_inputs import NEEDS, build_item_table
+from clipserve.training.sampling.state import TrainSampling
 
 __all__ = [
     "TrainResult",
@@ -122,35 +130,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The shuffle of epoch `epoch`: a pure function of (seed, epoch), so resume can skip."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def load_model(cfg: TrainConfig, device: torch.device) -> LoadedModel:
     """open_clip model; `pretrained` may be an open_clip tag, a local open_clip/state-dict file
     or a clipserve checkpoint (weights only; optimizer state is not carried over)."""
-    pre = cfg.model.pretrained
-    if pre and Path(pre).expanduser().is_file():
-        path = Path(pre).expanduser()
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-            if state["model_name"] != cfg.model.name:
-                raise ValueError(
-                    f"model.pretrained {path} holds a {state['model_name']!r} model, "
-                    f"but model.name is {cfg.model.name!r}."
-                )
-            loaded = create_model(ModelSpec(cfg.model.name, None), device=device)
-            loaded.model.load_state_dict(state["model"])
-            return LoadedModel(
-                loaded.model,
-                loaded.preprocess_train,
-                loaded.preprocess_val,
-                loaded.tokenizer,
-                ModelSpec(cfg.model.name, str(path)),
-            )
-    return create_model(ModelSpec(cfg.model.name, pre), device=device)
+    return load_pretrained(cfg.model.name, cfg.model.pretrained, device)
 
 
 def image_size(model: Any) -> tuple[int, int]:
@@ -162,40 +145,86 @@ def image_size(model: Any) -> tuple[int, int]:
 
 
 class _Batches:
-    """Per-epoch batches: from an in-memory tensor cache, or a DataLoader over the Dataset."""
+    """Per-epoch batches (item rows from `sampling`) as tensors: from the in-memory cache, or
+    a DataLoader over the Dataset. Yields (images, tokens, rows)."""
 
-    def __init__(self, dataset: ImageTextDataset, cfg: TrainConfig, cached: bool) -> None:
-        self.dataset, self.cfg = dataset, cfg
-        self.bs = cfg.data.batch_size
-        self.steps_per_epoch = len(dataset) // self.bs
-        self.images: torch.Tensor | None = None
-        self.tokens: torch.Tensor | None = None
-        if cached:
-            self.images, self.tokens = materialize(dataset)
+    def __init__(
+        self,
+        dataset: ImageTextDataset,
+        cfg: TrainConfig,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        self.dataset, self.cfg, self.cache = dataset, cfg, cache
 
-    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm = epoch_permutation(self.cfg.run.seed, epoch, len(self.dataset))
-        order = perm[start_batch * self.bs : self.steps_per_epoch * self.bs]
-        if self.images is not None and self.tokens is not None:
-            for s in range(0, len(order), self.bs):
-                idx = order[s : s + self.bs]
-                yield self.images[idx], self.tokens[idx]
+    def epoch(
+        self, batches: list[np.ndarray], start_batch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        rows = [torch.from_numpy(b) for b in batches[start_batch:]]
+        if self.cache is not None:
+            images, tokens = self.cache
+            for idx in rows:
+                yield images[idx], tokens[idx], idx
             return
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.bs,
-            sampler=order.tolist(),
+            batch_sampler=[b.tolist() for b in rows],
             num_workers=self.cfg.data.workers,
-            drop_last=True,
         )
-        for images, tokens, _ in loader:
-            yield images, tokens
+        yield from loader
 
 
-def _evaluate(model: Any, val: tuple[torch.Tensor, torch.Tensor, list[str] | None], device: Any):
-    images, tokens, labels = val
+def _evaluate(model: Any, val: tuple[torch.Tensor, torch.Tensor, Any], device: Any):
+    images, tokens, rel = val
     text, image = embed_tensors(model, images, tokens, device=device)
-    return retrieval_metrics(text, image, labels, labels)
+    if rel is None:
+        return retrieval_metrics(text, image)
+    return retrieval_metrics(text, image, rel[0], rel[1], match=rel[2])
+
+
+class _StatsWindow:
+    """Means of the loss's diagnostics (`last_stats`: fn_mask_rate, fn_precision, fn_tp, ...)
+    over the steps since the last log row."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.n += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: round(v / max(self.n, 1), 6) for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return out
+
+
+def _sampling(
+    cfg: TrainConfig,
+    records: Sequence[Any],
+    cache: tuple[torch.Tensor, torch.Tensor] | None,
+    device: torch.device,
+    out_dir: Path,
+    ddp: DistContext,
+) -> TrainSampling:
+    """Batches and the loss's side inputs; loads the guide model and embeds the data once."""
+    guide = None
+    needed = {*NEEDS.get(cfg.loss.estimator, ()), *NEEDS.get(cfg.sampling.filter, ())}
+    if "guide_image_features" in needed and not cfg.model.guide:
+        raise ValueError(
+            'the guide estimator needs a guide model: set model.guide = "start" (the '
+            "starting weights) or a checkpoint / open_clip weights file."
+        )
+    if cfg.model.guide:
+        loaded = load_guide(cfg.model, device)
+        assert loaded is not None
+        guide = guide_features(loaded, records, device, cache)
+        del loaded
+    table = build_item_table(records, image_keys="image_keys" in needed, guide=guide)
+    return TrainSampling(
+        cfg, records, table, cache, device, out_dir, cfg.run.progress and ddp.is_main, ddp.rank
+    )
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
@@ -272,8 +301,10 @@ def _train(
     h, w = image_size(model)
     cache_mib = len(records) * 3 * h * w * 4 / 2**20
     cached = not cfg.data.augment and cache_mib <= cfg.data.cache_max_mib
-    batches = _Batches(dataset, cfg, cached)
-    spe = batches.steps_per_epoch
+    cache = materialize(dataset) if cached else None
+    batches = _Batches(dataset, cfg, cache)
+    sampling = _sampling(cfg, records, cache, device, out_dir, ddp)
+    spe = sampling.steps_per_epoch
     if spe == 0:
         raise ValueError(
             f"{cfg.data.train} has {len(records)} records, fewer than data.batch_size="
@@ -286,8 +317,7 @@ def _train(
     if cfg.data.val:
         vrec = read_manifest(cfg.data.val)
         vimg, vtok = materialize(ImageTextDataset(vrec, loaded.preprocess_val, loaded.tokenizer))
-        vlab = [str(r.labels) for r in vrec] if all(r.labels for r in vrec) else None
-        val = (vimg, vtok, vlab)
+        val = (vimg, vtok, relevance_labels(vrec))
 
     loss_fn = build_loss(cfg.loss, rank=ddp.rank, world_size=ddp.world_size)
     forward = wrap_model(model, ddp, device)  # DDP when distributed; `model` stays the module
@@ -344,12 +374,13 @@ def _train(
         dynamic_ncols=True,
     )
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    stats = _StatsWindow()
     # Wall and CPU time of the training loop, summed over the sessions of a resumed run.
     base_elapsed, base_cpu = elapsed, cpu_s
     loop_t0, loop_c0 = time.perf_counter(), time.process_time()
     while step < end:
         epoch, start_batch = divmod(step, spe)
-        for images, tokens in batches.epoch(epoch, start_batch):
+        for images, tokens, rows in batches.epoch(sampling.batches(epoch, model), start_batch):
             if step >= end:
                 break
             lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
@@ -358,8 +389,10 @@ def _train(
             tokens = shard(tokens, ddp).to(device, non_blocking=True)
             with autocast:
                 model_out = forward(image=images, text=tokens)
-                losses = loss_fn(**model_out, batch=LossBatch(step=step), output_dict=True)
+                side = sampling.loss_batch(shard(rows, ddp), step)  # this rank's items
+                losses = loss_fn(**model_out, batch=side, output_dict=True)
                 loss = sum(losses.values())
+            stats.add(loss_fn.last_stats)
             optimizer_step(model, opt, loss, scaler, cfg.optim.grad_clip_norm)
             step += 1
             elapsed = base_elapsed + time.perf_counter() - loop_t0
@@ -380,8 +413,9 @@ def _train(
                     "elapsed": round(elapsed, 3),
                     # CPU seconds of this process: a load-independent cost on shared machines.
                     "cpu_s": round(cpu_s, 3),
-                    # FN-filter diagnostics of the last step (mask rate, FN precision/recall)
-                    **{k: round(v, 6) for k, v in loss_fn.last_stats.items()},
+                    # FN-filter diagnostics (mask rate, FN precision/recall), means over
+                    # the steps since the last row
+                    **stats.pop(),
                 }
                 log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
@@ -428,10 +462,38 @@ def _train(
     )
 
 
+TRAIN_EPILOG = """\
+config sections (every key can be overridden as section.key=value):
+  [model]     name, pretrained (open_clip tag | open_clip weights file | clipserve checkpoint),
+              guide ("start" = frozen starting weights, or a checkpoint/weights file)
+  [data]      train, val (manifests), batch_size, augment, workers
+  [optim]     lr, warmup_steps, epochs or max_steps, weight_decay, grad_clip_norm
+  [loss]      name = clip | siglip; estimator = none | em | margin | guide | duplicate |
+              cluster | oracle (false-negative detector); policy = drop | downweight |
+              positive; hardness = none | hn-nce | hcl; margin, margin_mode, fn_threshold
+  [sampling]  mode = random | hard_batches | mined_negatives; mined (a `clipserve mine`
+              output; unset = mine with the starting weights); remine_every_epochs
+  [run]       output_dir, seed, device, precision, threads, eval_every, save_every_steps
+
+which to pick (docs/results/fn_benchmark.md has the numbers):
+  configs/finetune-random.toml           plain InfoNCE on random batches (the baseline)
+  configs/finetune-hard-filtered.toml    hard batches + guide filter (drop)
+  configs/finetune-mined-negatives.toml  mined negatives (clipserve mine) + guide filter
+  configs/finetune-siglip-positive.toml  sigmoid loss, suspected FN as extra positives
+
+examples:
+  clipserve train --config configs/tiny-synth.toml
+  clipserve train --config configs/finetune-hard-filtered.toml loss.policy=downweight
+  torchrun --nproc_per_node 2 -m clipserve.cli.main train --config CONFIG   (DDP)
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clipserve train",
         description="Contrastive fine-tuning from a TOML config; rerun the same command to resume.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML config (e.g. configs/tiny-synth.toml)")
     parser.add_argument(

@@ -19,6 +19,8 @@ leaves a manifest that points at missing images)::
     DIR/train.jsonl   DIR/test.jsonl   one manifest line per item, keys sorted:
         {"attributes": {...}, "caption": "...", "id": "000123",
          "image": "images/000123.png", "labels": "colour=red|position=top-left|..."}
+        (+ "caption_labels": "colour=red|shape=circle" with partial_captions > 0: the
+        attributes the caption names; caption k matches image a iff they are all in a's labels)
     DIR/synth.json    config, tuples, counts, expected false negatives per anchor
 
 Same config -> byte-identical files: every item's randomness comes from (seed, index) alone.
@@ -40,8 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.training.synth_captions import TEMPLATES, caption
-from clipserve.training.synth_render import (
+from clipserve.training.data.synth_captions import (
+    PARTIAL_TEMPLATES,
+    TEMPLATES,
+    caption,
+    partial_caption,
+)
+from clipserve.training.data.synth_render import (
     ATTRIBUTES,
     COLOURS,
     FULL_PRODUCT,
@@ -66,11 +73,13 @@ __all__ = [
     "caption",
     "draw_tuples",
     "expected_false_negatives_from_counts",
+    "expected_caption_matches",
     "expected_false_negatives_per_anchor",
     "find_existing",
     "generate",
     "item_rng",
     "labels_key",
+    "named_attributes",
     "render",
     "split_test",
 ]
@@ -79,6 +88,8 @@ FORMAT = "clipserve-synth/1"
 
 # Seed streams, so the tuple draw, the assignment and the split never share random numbers.
 _STREAM_TUPLES, _STREAM_ASSIGN, _STREAM_SPLIT, _STREAM_ITEM = 1, 2, 3, 4
+# Own stream for partial captions, so images (and full captions) stay as they were.
+_STREAM_CAPTION = 5
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,10 @@ class SynthConfig:
     n_tuples: distinct attribute tuples (None or 0 = all `FULL_PRODUCT`). With n items each
     tuple has n // n_tuples or one more, which sets the false-negative rate of a batch.
     holdout: fraction of items in test.jsonl; every test tuple also appears in train.
+    partial_captions: fraction of items whose caption names only a random non-empty proper
+    subset of the four attributes (1-3 of them). Their manifest rows carry `caption_labels`,
+    the named attributes: caption k is relevant to image a iff caption_labels[k] is a subset
+    of labels[a], so ground truth stays exact. 0 = every caption names every attribute.
     """
 
     n: int = 6000
@@ -95,6 +110,7 @@ class SynthConfig:
     n_tuples: int | None = 120
     image_size: int = 64
     holdout: float = 0.1
+    partial_captions: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -122,13 +138,24 @@ class SynthConfig:
             )
         if not isinstance(self.holdout, (int, float)) or not 0.0 <= self.holdout <= 0.5:
             raise ValueError(f"holdout must be in [0, 0.5], got {self.holdout!r}")
+        if (
+            isinstance(self.partial_captions, bool)
+            or not isinstance(self.partial_captions, (int, float))
+            or not 0.0 <= self.partial_captions <= 1.0
+        ):
+            raise ValueError(
+                f"partial_captions must be a fraction in [0, 1], got {self.partial_captions!r}"
+            )
 
     @property
     def tuple_count(self) -> int:
         return self.n_tuples or FULL_PRODUCT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.partial_captions:  # sets made before the option existed stay identical
+            del out["partial_captions"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -225,12 +252,62 @@ def expected_false_negatives_per_anchor(batch_size: int, n: int, n_tuples: int) 
     )
 
 
+def expected_caption_matches(
+    batch_size: int, caption_labels: Sequence[str], labels: Sequence[str]
+) -> float:
+    """Expected images in a uniform random batch, besides its own, that match an anchor's
+    caption (every attribute the caption names is in the image): the text->image false
+    negatives per anchor when captions are partial. Equals the same-tuple count for full ones.
+    """
+    n = len(labels)
+    if n < 2 or batch_size < 2:
+        return 0.0
+    image_sets: dict[str, int] = {}
+    for key in labels:
+        image_sets[key] = image_sets.get(key, 0) + 1
+    parsed = {k: set(k.split("|")) for k in image_sets}
+    total = 0
+    cache: dict[str, int] = {}
+    for cap in caption_labels:
+        if cap not in cache:
+            need = set(cap.split("|"))
+            cache[cap] = sum(m for k, m in image_sets.items() if need <= parsed[k])
+        total += cache[cap] - 1  # every caption matches its own image
+    return (min(batch_size, n) - 1) * total / (n * (n - 1))
+
+
 # --- per-item randomness ---------------------------------------------------------------
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
     """Per-item generator: depends on (seed, index) only, so chunks render identically."""
     return np.random.default_rng((seed, _STREAM_ITEM, index))
+
+
+def named_attributes(config: SynthConfig, index: int) -> tuple[str, ...]:
+    """The attributes item `index`'s caption names (all of them unless it drew a partial one)."""
+    names = tuple(ATTRIBUTES)
+    if not config.partial_captions:
+        return names
+    rng = np.random.default_rng((config.seed, _STREAM_CAPTION, index))
+    if rng.random() >= config.partial_captions:
+        return names
+    k = int(rng.integers(1, len(names)))  # 1 .. len - 1: a proper subset
+    return tuple(names[i] for i in sorted(rng.choice(len(names), size=k, replace=False)))
+
+
+def _item_caption(
+    config: SynthConfig, index: int, attrs: dict[str, str], template: int
+) -> tuple[str, str]:
+    """(caption, caption_labels) of an item; `template` comes from the item's own stream."""
+    named = named_attributes(config, index)
+    if len(named) == len(ATTRIBUTES):
+        return caption(attrs, template), labels_key(attrs)
+    rng = np.random.default_rng((config.seed, _STREAM_CAPTION, index, 1))
+    text = partial_caption(
+        attrs, set(named), int(rng.integers(len(PARTIAL_TEMPLATES))), int(rng.integers(2))
+    )
+    return text, labels_key({k: attrs[k] for k in named})
 
 
 # --- generation ------------------------------------------------------------------------
@@ -242,15 +319,16 @@ def _id_width(n: int) -> int:
 
 def _render_chunk(
     args: tuple[SynthConfig, list[dict[str, str]], str, list[int], list[int]],
-) -> list[str]:
-    """Render and save items; returns their captions. Top-level so worker processes can run it."""
+) -> list[tuple[str, str]]:
+    """Render and save items; returns their (caption, caption_labels). Top-level so worker
+    processes can run it."""
     config, tuples, images_dir, indices, tuple_ids = args
     width = _id_width(config.n)
     captions = []
     for index, t in zip(indices, tuple_ids, strict=True):
         rng = item_rng(config.seed, index)
         attrs = tuples[t]
-        captions.append(caption(attrs, int(rng.integers(len(TEMPLATES)))))
+        captions.append(_item_caption(config, index, attrs, int(rng.integers(len(TEMPLATES)))))
         image = render(attrs, config.image_size, rng)
         # Fixed encoder options and no metadata chunks: identical bytes run to run. One write
         # per file: creating files is the slow part here, not encoding.
@@ -345,10 +423,10 @@ def generate(
         (config, tuples, str(paths.images), idx, assignment[idx].tolist())
         for idx in _chunks(config.n, 256)
     ]
-    captions: list[str] = []
+    captions: list[tuple[str, str]] = []
     bar = _progress_bar(config.n, progress)
     if workers == 1:
-        results: Iterator[list[str]] = map(_render_chunk, jobs)
+        results: Iterator[list[tuple[str, str]]] = map(_render_chunk, jobs)
         _collect(results, captions, bar)
     else:
         with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
@@ -362,20 +440,34 @@ def generate(
     for index in range(config.n):
         attrs = tuples[assignment[index]]
         item_id = f"{index:0{width}d}"
+        text, named = captions[index]
         record = {
             "id": item_id,
             "image": f"images/{item_id}.png",
-            "caption": captions[index],
+            "caption": text,
             "labels": labels_key(attrs),
             "attributes": dict(attrs),
         }
+        if config.partial_captions:
+            record["caption_labels"] = named
         lines[bool(is_test[index])].append(json.dumps(record, sort_keys=True))
     _write_atomic(paths.train, "".join(line + "\n" for line in lines[False]))
     _write_atomic(paths.test, "".join(line + "\n" for line in lines[True]))
-    _write_atomic(
-        paths.meta,
-        json.dumps(_meta(config, tuples, assignment, is_test), indent=2, sort_keys=True) + "\n",
-    )
+    meta = _meta(config, tuples, assignment, is_test)
+    if config.partial_captions:
+        train_idx = np.flatnonzero(~is_test)
+        meta["expected_caption_matches_per_anchor"] = {
+            str(b): round(
+                expected_caption_matches(
+                    b,
+                    [captions[i][1] for i in train_idx],
+                    [labels_key(tuples[assignment[i]]) for i in train_idx],
+                ),
+                6,
+            )
+            for b in (64, 128, 256)
+        }
+    _write_atomic(paths.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     seconds = time.perf_counter() - start
     return SynthSummary(
@@ -402,7 +494,9 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="synth", unit="img")
 
 
-def _collect(results: Iterator[list[str]], captions: list[str], bar: Any) -> None:
+def _collect(
+    results: Iterator[list[tuple[str, str]]], captions: list[tuple[str, str]], bar: Any
+) -> None:
     for chunk in results:
         captions.extend(chunk)
         if bar is not None:

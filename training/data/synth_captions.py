@@ -34,3 +34,29 @@ def caption(attributes: dict[str, str], template: int) -> str:
         a_size=_a(attributes["size"]),
         a_colour=_a(attributes["colour"]),
     )
+
+
+# Captions that name only some attributes (real captions are under-specified). Same rule:
+# only words the named attributes determine; an unnamed shape is "shape" or "object".
+PARTIAL_TEMPLATES = (
+    "{np}{where}",
+    "a picture of {np}{where}",
+    "there is {np}{where}",
+    "an image with {np}{where}",
+)
+_NOUNS = ("shape", "object")
+
+
+def partial_caption(attributes: dict[str, str], named: set[str], template: int, noun: int) -> str:
+    """Caption naming only the attributes in `named` (a non-empty subset of the tuple's keys).
+
+    Relevance is exact: an image matches this caption iff it has every named attribute.
+    """
+    if not named or not named <= set(attributes):
+        raise ValueError(f"named must be a non-empty subset of {sorted(attributes)}, got {named}")
+    words = [attributes[k] for k in ("size", "colour") if k in named]
+    words.append(attributes["shape"] if "shape" in named else _NOUNS[noun % len(_NOUNS)])
+    where = f" in the {attributes['position'].replace('-', ' ')}" if "position" in named else ""
+    return PARTIAL_TEMPLATES[template % len(PARTIAL_TEMPLATES)].format(
+        np=_a(" ".join(words)), where=where
+    )

@@ -10,7 +10,14 @@ Manifest contract (JSONL, one object a line, or CSV with a header row)::
 - ``id`` defaults to the row's 0-based index; duplicate ids are rejected.
 - ``labels`` is optional: a string, or (JSONL) a list of strings that is canonicalised to the
   sorted, "|"-joined form. Items with equal labels are semantically the same (true matches).
-- CSV columns: image, caption, optional id, optional labels; other keys/columns are ignored.
+- ``caption_labels`` is optional, same forms: what the caption names when it names less than
+  the image shows ("a red shape"). When a manifest has it, caption k is relevant to image a
+  iff every "|"-separated part of caption_labels[k] is in labels[a] (missing on a row: the
+  row's own labels). Without it relevance is equality of labels.
+- CSV columns: image, caption, optional id, labels, caption_labels.
+- Other keys are ignored with a warning that names them (a misspelt ``label`` would
+  otherwise silently lose the semantic metrics); ``attributes`` (written by `synth`) is
+  known and ignored.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import difflib
 import io
 import json
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +48,7 @@ class Record:
     image_path: Path | None = None
     image_bytes: bytes | None = None
     labels: str | None = None
+    caption_labels: str | None = None
 
     def __post_init__(self) -> None:
         if (self.image_path is None) == (self.image_bytes is None):
@@ -72,6 +82,7 @@ def _record_from_row(row: dict[str, Any], index: int, base: Path, allow_b64: boo
     rid = row.get("id")
     rid = str(index) if rid is None or rid == "" else str(rid)
     labels = canonical_labels(row.get("labels"))
+    caption_labels = canonical_labels(row.get("caption_labels"))
     image = row.get("image")
     b64 = row.get("image_b64") if allow_b64 else None
     if image and b64:
@@ -83,13 +94,36 @@ def _record_from_row(row: dict[str, Any], index: int, base: Path, allow_b64: boo
             data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"'image_b64' is not valid base64 ({exc})") from None
-        return Record(rid, caption, image_bytes=data, labels=labels)
+        return Record(rid, caption, image_bytes=data, labels=labels, caption_labels=caption_labels)
     if not isinstance(image, str) or not image:
         need = "'image' or 'image_b64'" if allow_b64 else "'image'"
         raise ValueError(f"missing {need}")
     path = Path(image).expanduser()
     return Record(
-        rid, caption, image_path=path if path.is_absolute() else base / path, labels=labels
+        rid,
+        caption,
+        image_path=path if path.is_absolute() else base / path,
+        labels=labels,
+        caption_labels=caption_labels,
+    )
+
+
+KNOWN_KEYS = ("id", "image", "image_b64", "caption", "labels", "caption_labels", "attributes")
+
+
+def _warn_unknown(path: Path, unknown: dict[str, int]) -> None:
+    """One warning per manifest naming every key the reader ignores (first line of each)."""
+    if not unknown:
+        return
+    parts = []
+    for key, lineno in sorted(unknown.items(), key=lambda kv: kv[1]):
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        parts.append(f"{key!r} (line {lineno}{hint})")
+    warnings.warn(
+        f"{path}: ignoring unknown key(s) {', '.join(parts)}; known keys: {', '.join(KNOWN_KEYS)}",
+        UserWarning,
+        stacklevel=3,
     )
 
 
@@ -131,7 +165,11 @@ def read_manifest(path: str | Path) -> list[Record]:
     allow_b64 = path.suffix.lower() != ".csv"
     records: list[Record] = []
     seen: dict[str, int] = {}
+    unknown: dict[str, int] = {}
     for index, lineno, row in _rows(path):
+        for key in row:
+            if key not in KNOWN_KEYS and key is not None:
+                unknown.setdefault(str(key), lineno)
         try:
             rec = _record_from_row(row, index, base, allow_b64)
         except ValueError as exc:
@@ -144,6 +182,7 @@ def read_manifest(path: str | Path) -> list[Record]:
         records.append(rec)
     if not records:
         raise ValueError(f"{path}: manifest has no records")
+    _warn_unknown(path, unknown)
     return records
 
 

@@ -1,7 +1,8 @@
 """`clipserve data`: make or inspect data sets.
 
     clipserve data synth --out DIR [--n N] [--seed S] [--tuples T] [--image-size 64]
-                         [--holdout 0.1] [--workers W] [--force] [--quiet]
+                         [--holdout 0.1] [--partial-captions F] [--workers W] [--force]
+                         [--quiet]
     clipserve data info DIR
 
 Argument errors exit 2 through argparse; semantic errors raise ValueError, which the
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipserve.training import synth
+from clipserve.training.data import synth
 
 REPORT_BATCH = 128  # the batch size the summary quotes false negatives for
 
@@ -56,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
         help="fraction of items in test.jsonl (default %(default)s)",
     )
     p.add_argument(
+        "--partial-captions",
+        type=float,
+        default=defaults.partial_captions,
+        metavar="FRACTION",
+        help="fraction of captions that name only 1-3 of the 4 attributes (under-specified, "
+        "like real captions; relevance = the image has every named attribute; default "
+        "%(default)s)",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="render processes (default: one per CPU, max 4)"
     )
     p.add_argument("--force", action="store_true", help="regenerate even if --out is up to date")
@@ -75,6 +85,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         n_tuples=args.tuples,
         image_size=args.image_size,
         holdout=args.holdout,
+        partial_captions=args.partial_captions,
     )
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
@@ -94,6 +105,12 @@ def _run_synth(args: argparse.Namespace) -> int:
         f"expected false negatives per anchor at batch {REPORT_BATCH}: {fn:.2f} "
         f"(train split, {summary.n_train / summary.n_tuples:.1f} items per tuple)"
     )
+    matches = _meta(summary.paths.meta).get("expected_caption_matches_per_anchor")
+    if matches:
+        print(
+            f"expected images matching a (partial) caption per batch of {REPORT_BATCH}: "
+            f"{matches[str(REPORT_BATCH)]:.2f}"
+        )
     return 0
 
 
@@ -109,6 +126,10 @@ def _run_info(args: argparse.Namespace) -> int:
         meta["expected_false_negatives_per_anchor"].items(), key=lambda kv: int(kv[0])
     ):
         print(f"  expected false negatives per anchor at batch {batch}: {fn:.2f}")
+    for batch, fn in sorted(
+        meta.get("expected_caption_matches_per_anchor", {}).items(), key=lambda kv: int(kv[0])
+    ):
+        print(f"  expected images matching a caption at batch {batch}: {fn:.2f}")
     return 0
 
 

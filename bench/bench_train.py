@@ -1,0 +1,654 @@
+"""False-negative-filtered hard-negative fine-tuning, measured: `make bench-train`.
+
+    python bench/bench_train.py [--work work/bench-train] [--out docs/results] [--seeds 3]
+                                [--steps 100] [--base-steps 500] [--only NAME ...]
+                                [--settings high-fn low-fn] [--shard K/N] [--merge JSON ...]
+
+Protocol (everything synthetic, made here, deterministic):
+
+1. A base model (clipserve-tiny-p16 from scratch) trains on a broad set: all 360 attribute
+   tuples, full captions. It is cached (``WORK/base``) and shared by every run.
+2. It is fine-tuned, same budget for every configuration (--steps at batch 128, same lr), on
+   two target sets:
+   - high-fn: 120 tuples (about 20 training items each) and half the captions naming only
+     1-3 attributes, so that many in-batch candidates match an anchor's caption;
+   - low-fn: all 360 tuples, full captions (about 7 items each): false negatives are rare.
+3. Mining (neighbours, groups, k-means clusters; the offline filters) runs once per target set
+   and filter with the base model; its files are shared by the seeds.
+4. Each run is evaluated on the target set's held-out split: semantic (relevance = the image
+   has every attribute the caption names) and instance R@1/5/10 both ways, semantic mAP. The
+   loss's FN-detection precision/recall/F1 against the exact labels are averaged over training.
+5. Step time: forward + loss + backward at batch 128 for each loss configuration, interleaved
+   round-robin in one process, as a ratio to plain `open_clip.ClipLoss`.
+
+Writes OUT/fn_benchmark.json (one object per run, rewritten after every run, so an
+interrupted benchmark keeps what finished; rerunning skips finished runs), OUT/fn_benchmark.md
+and OUT/fn_benchmark.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from clipserve.training.config import config_from_dict  # noqa: E402
+from clipserve.training.data import synth  # noqa: E402
+from clipserve.training.data.manifest import read_manifest  # noqa: E402
+from clipserve.training.losses import LossConfig  # noqa: E402
+from clipserve.training.mining.embed import embed_with_checkpoint  # noqa: E402
+from clipserve.training.mining.mine import MineConfig, config_summary, mine, write_mined  # noqa: E402
+from clipserve.training.sampling.side_inputs import build_item_table  # noqa: E402
+from clipserve.training.train import train  # noqa: E402
+
+MODEL = "clipserve-tiny-p16"  # --model
+BATCH = 128  # --batch
+STEP_BATCH = 128  # step time is always measured at batch 128
+KEY_METRICS = ("t2i_semantic_R@1", "t2i_semantic_R@10", "t2i_semantic_mAP", "i2t_semantic_R@1")
+
+# Published defaults, not tuned here: GIST's guide margin 0 (absolute); NV-Retriever's
+# TopK-PercPos 95% for the model's own margin (relative 0.05); EMCRL's gamma / flip.
+GUIDE = {"estimator": "guide", "margin_mode": "absolute", "margin": 0.0}
+MARGIN = {"estimator": "margin", "margin_mode": "relative", "margin": 0.05}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    mode: str = "random"  # sampling.mode
+    loss: dict[str, Any] = field(default_factory=dict)
+    mined_filter: str = "none"  # offline filter of the mined negatives
+    baseline: bool = False
+
+    @property
+    def uses_guide(self) -> bool:
+        return self.loss.get("estimator") == "guide" or self.mined_filter == "guide"
+
+
+def high_fn_runs() -> list[RunSpec]:
+    return [
+        RunSpec("random", baseline=True),
+        RunSpec("hard", "hard_batches"),
+        RunSpec("mined", "mined_negatives"),
+        RunSpec("hard+margin/drop", "hard_batches", MARGIN),
+        RunSpec("hard+guide/drop", "hard_batches", GUIDE),
+        RunSpec("hard+guide/downweight", "hard_batches", GUIDE | {"policy": "downweight"}),
+        RunSpec("hard+guide/positive", "hard_batches", GUIDE | {"policy": "positive"}),
+        RunSpec("hard+duplicate/drop", "hard_batches", {"estimator": "duplicate"}),
+        RunSpec("hard+cluster/drop", "hard_batches", {"estimator": "cluster"}),
+        RunSpec("hard+em/positive", "hard_batches", {"estimator": "em", "policy": "positive"}),
+        RunSpec("hard+oracle/drop", "hard_batches", {"estimator": "oracle"}),
+        RunSpec("mined+guide/drop", "mined_negatives", GUIDE, mined_filter="guide"),
+        RunSpec("mined+oracle/drop", "mined_negatives", {"estimator": "oracle"}, "oracle"),
+        RunSpec("random+guide/drop", "random", GUIDE),
+        RunSpec("random+oracle/drop", "random", {"estimator": "oracle"}),
+        RunSpec("siglip", "random", {"name": "siglip"}),
+        RunSpec(
+            "siglip+hard+guide/positive",
+            "hard_batches",
+            {"name": "siglip"} | GUIDE | {"policy": "positive"},
+        ),  # fmt: skip
+    ]
+
+
+def low_fn_runs() -> list[RunSpec]:
+    return [
+        RunSpec("random", baseline=True),
+        RunSpec("hard", "hard_batches"),
+        RunSpec("hard+guide/drop", "hard_batches", GUIDE),
+        RunSpec("random+guide/drop", "random", GUIDE),
+    ]
+
+
+SETTINGS = {
+    # name: (SynthConfig of the target set, runs)
+    "high-fn": (
+        synth.SynthConfig(n=3000, seed=12, n_tuples=120, holdout=0.2, partial_captions=0.5),
+        high_fn_runs,
+    ),
+    "low-fn": (synth.SynthConfig(n=3000, seed=13, n_tuples=None, holdout=0.2), low_fn_runs),
+}
+BASE_DATA = synth.SynthConfig(n=5000, seed=11, n_tuples=None, holdout=0.1)
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def _config(
+    train_path: Path, val: Path, out: Path, *, steps: int, lr: float, warmup: int,
+    pretrained: str | None = None, seed: int = 0, loss: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None, guide: bool = False,
+):  # fmt: skip
+    model: dict[str, Any] = {"name": MODEL}
+    if pretrained:
+        model["pretrained"] = pretrained
+    if guide:
+        model["guide"] = "start"
+    raw = {
+        "model": model,
+        "data": {"train": str(train_path), "val": str(val), "batch_size": BATCH},
+        "optim": {"lr": lr, "warmup_steps": warmup, "max_steps": steps, "epochs": 1},
+        "loss": loss or {},
+        "sampling": sampling or {},
+        "run": {
+            "output_dir": str(out),
+            "seed": seed,
+            "device": "cpu",
+            "save_every_steps": 0,
+            "log_every": 10,
+            "progress": False,
+        },
+    }
+    return config_from_dict(raw, source="bench")
+
+
+def base_model(work: Path, steps: int) -> Path:
+    paths = synth.generate(BASE_DATA, work / "data" / "base", progress=False, reuse=True).paths
+    cfg = _config(paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40)
+    t0 = time.perf_counter()
+    result = train(cfg)
+    note = "cached" if result.already_finished else f"{time.perf_counter() - t0:.0f} s"
+    m = result.eval_metrics or {}
+    print(
+        f"base model: {steps} steps ({note}); broad held-out t2i semantic R@1 "
+        f"{m.get('t2i_semantic_R@1', float('nan')):.3f}",
+        flush=True,
+    )
+    return result.checkpoint
+
+
+def mine_target(work: Path, setting: str, data: Path, base: Path, filters: set[str]) -> dict[str, Path]:  # fmt: skip
+    """Mine the target's train split once per offline filter with the base model."""
+    records = read_manifest(data)
+    out = {}
+    text = image = table = None
+    for flt in sorted(filters):
+        d = work / "mined" / setting / flt
+        out[flt] = d
+        if (d / "mine.json").is_file():
+            continue
+        if text is None:
+            # The guide is the starting (base) model, as model.guide = "start" in training.
+            text, image = embed_with_checkpoint(base, records, progress=False)
+            table = build_item_table(
+                records, guide=(torch.from_numpy(image), torch.from_numpy(text))
+            )
+        mcfg = MineConfig(clusters=64)
+        fcfg = LossConfig(**(GUIDE if flt == "guide" else {"estimator": flt}))
+        mined, _ = mine(text, image, table, mcfg, fcfg, work / "mined" / "index", False)
+        write_mined(d, records, mined, config_summary(mcfg, fcfg))
+        s = mined.stats
+        print(
+            f"  mined {setting}/{flt}: {s['n_items']} items, {s['queries_per_s']:.0f} q/s, "
+            f"filter F1 {s.get('filter_f1', float('nan')):.3f}",
+            flush=True,
+        )
+    return out
+
+
+def _pooled(tp: float, fp: float, fn: float) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"fn_precision": precision, "fn_recall": recall, "fn_f1": f1}
+
+
+def _fn_stats(metrics_path: Path) -> dict[str, float]:
+    """FN-detection precision/recall/F1 of the loss's estimator over the whole run (counts
+    pooled over the training log rows) and its mean mask rate."""
+    tp = fp = fn = 0.0
+    masks: list[float] = []
+    if not metrics_path.is_file():
+        return {}
+    for line in metrics_path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("split") == "val":
+            continue
+        # Rows written before the keys lost their "loss_" prefix read the same.
+        row = {k.removeprefix("loss_"): v for k, v in row.items()}
+        if "fn_tp" not in row:
+            continue
+        tp, fp, fn = tp + row["fn_tp"], fp + row["fn_fp"], fn + row["fn_fn"]
+        masks.append(row.get("fn_mask_rate", float("nan")))
+    if not masks:
+        return {}
+    return _pooled(tp, fp, fn) | {"fn_mask_rate": float(np.mean(masks))}
+
+
+def run_dir(work: Path, setting: str, spec: RunSpec, seed: int) -> Path:
+    return work / "runs" / setting / spec.name.replace("/", "_").replace("+", "-") / f"seed{seed}"
+
+
+def claim(work: Path, setting: str, spec: RunSpec, seed: int) -> bool:
+    """Take the run for this process (parallel --shard processes share one work queue);
+    False when another process has taken it."""
+    marker = run_dir(work, setting, spec, seed).with_suffix(".claim")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        marker.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_one(
+    work: Path, setting: str, spec: RunSpec, seed: int, data: synth.SynthPaths,
+    base: Path, mined: dict[str, Path], steps: int,
+) -> dict[str, Any]:  # fmt: skip
+    out = run_dir(work, setting, spec, seed)
+    sampling: dict[str, Any] = {"mode": spec.mode}
+    if spec.mode != "random" or spec.loss.get("estimator") == "cluster":
+        sampling["mined"] = str(mined[spec.mined_filter])
+    cfg = _config(
+        data.train, data.test, out, steps=steps, lr=5e-4, warmup=20, pretrained=str(base),
+        seed=seed, loss=spec.loss, sampling=sampling, guide=spec.uses_guide,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - t0
+    metrics = dict(result.eval_metrics or {})
+    metrics |= _fn_stats(out / "metrics.jsonl")
+    return {
+        "setting": setting,
+        "config": spec.name,
+        "baseline": spec.baseline,
+        "seed": seed,
+        "sampling": spec.mode,
+        "loss": {"name": "clip", "estimator": "none", "policy": "drop"} | spec.loss,
+        "mined_filter": spec.mined_filter,
+        "steps": result.step,
+        "train_seconds": round(result.train_seconds, 2),
+        "wall_seconds": round(wall, 2),
+        "metrics": metrics,
+    }
+
+
+DETECTORS: dict[str, dict[str, Any]] = {
+    "em": {"estimator": "em", "policy": "positive"},
+    "margin": MARGIN,
+    "guide": GUIDE,
+    "duplicate": {"estimator": "duplicate"},
+    "cluster": {"estimator": "cluster"},
+    "oracle": {"estimator": "oracle"},
+}
+
+
+@torch.no_grad()
+def fn_detection(
+    setting: str, base: Path, train_path: Path, mined_dir: Path, n_batches: int
+) -> list[dict[str, Any]]:
+    """Every estimator's FN precision/recall/F1 against the exact labels on the base model's
+    features (the guide is the base, as in training), over the first n_batches random and
+    hard batches of the target's training set. Counts are pooled over the batches."""
+    from clipserve.training.data.manifest import ImageTextDataset, materialize
+    from clipserve.training.evaluate import embed_tensors
+    from clipserve.training.losses import build_loss
+    from clipserve.training.mining.mine import read_mined
+    from clipserve.training.model import load_pretrained
+    from clipserve.training.sampling.batches import HardBatches, RandomBatches
+
+    loaded = load_pretrained(MODEL, str(base))
+    records = read_manifest(train_path)
+    images, tokens = materialize(ImageTextDataset(records, loaded.preprocess_val, loaded.tokenizer))
+    text, image = embed_tensors(loaded.model, images, tokens)
+    t, i = torch.from_numpy(text), torch.from_numpy(image)
+    mined = read_mined(mined_dir, records)
+    table = build_item_table(records, image_keys=True, cluster_ids=mined.cluster_ids, guide=(i, t))
+    scale = loaded.model.logit_scale.exp()
+    samplers = {
+        "random": RandomBatches(len(records), BATCH, 0),
+        "hard_batches": HardBatches(mined.groups, BATCH, 0),
+    }
+    rows = []
+    for sampling, sampler in samplers.items():
+        batches = sampler.epoch(0)[:n_batches]
+        for name, extra in DETECTORS.items():
+            loss = build_loss(LossConfig(**extra))
+            tp = fp = fn = 0.0
+            mask, true_rate = [], []
+            for step, idx in enumerate(batches):
+                rows_t = torch.from_numpy(idx)
+                loss(
+                    image_features=i[rows_t], text_features=t[rows_t], logit_scale=scale,
+                    batch=table.batch(rows_t, step), output_dict=True,
+                )  # fmt: skip
+                st = loss.last_stats
+                tp, fp, fn = tp + st["fn_tp"], fp + st["fn_fp"], fn + st["fn_fn"]
+                mask.append(st["fn_mask_rate"])
+                true_rate.append(st.get("fn_true_rate", float("nan")))
+            rows.append(
+                {"setting": setting, "sampling": sampling, "estimator": name}
+                | _pooled(tp, fp, fn)
+                | {"mask_rate": float(np.mean(mask)), "true_fn_rate": float(np.mean(true_rate))}
+            )
+            r = rows[-1]
+            print(
+                f"  FN detection {setting}/{sampling}/{name}: precision {r['fn_precision']:.3f} "
+                f"recall {r['fn_recall']:.3f} F1 {r['fn_f1']:.3f} (true FN rate "
+                f"{r['true_fn_rate']:.3f}, mask rate {r['mask_rate']:.3f})",
+                flush=True,
+            )
+    return rows
+
+
+def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> dict[str, float]:
+    """Seconds per forward+loss+backward at STEP_BATCH, median over interleaved repetitions."""
+    import open_clip
+
+    from clipserve.training.losses import build_loss
+    from clipserve.training.model import load_pretrained
+
+    torch.manual_seed(0)
+    loaded = load_pretrained(MODEL, str(base))
+    model = loaded.model.train()
+    model.output_dict = True
+    records = read_manifest(data)[:STEP_BATCH]
+    images = torch.stack([loaded.preprocess_val(r.open_image()) for r in records])
+    tokens = loaded.tokenizer([r.caption for r in records])
+    table = build_item_table(records, image_keys=True)
+    with torch.no_grad():
+        dim = model(image=images[:2], text=tokens[:2])["image_features"].shape[1]
+    guide = torch.nn.functional.normalize(torch.randn(STEP_BATCH, dim), dim=-1)
+    table = table.replace(
+        guide_image_features=guide, guide_text_features=guide,
+        cluster_ids=torch.arange(STEP_BATCH)[:, None] % 16,
+    )  # fmt: skip
+    side = table.batch(torch.arange(STEP_BATCH), step=0)
+    losses: dict[str, Any] = {"ClipLoss (open_clip)": open_clip.ClipLoss()}
+    for spec in specs:
+        losses.setdefault(_loss_key(spec), build_loss(LossConfig(**spec.loss)))
+    times: dict[str, list[float]] = {k: [] for k in losses}
+    for rep in range(reps + 1):
+        for name, fn in losses.items():
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            out = model(image=images, text=tokens)
+            if name.startswith("ClipLoss"):
+                loss = fn(**out, output_dict=True)["contrastive_loss"]
+            else:
+                loss = sum(fn(**out, batch=side, output_dict=True).values())
+            loss.backward()
+            if rep:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _loss_key(spec: RunSpec) -> str:
+    loss = {"name": "clip", "estimator": "none", "policy": "drop"} | spec.loss
+    if loss["estimator"] == "none":
+        return loss["name"]
+    return f"{loss['name']} {loss['estimator']}/{loss['policy']}"
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["config"]), []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        names = sorted({k for r in runs for k in r["metrics"]})
+        out[key] = {
+            n: _mean_std([r["metrics"][n] for r in runs if n in r["metrics"]]) for n in names
+        }
+        out[key]["_seeds"] = (float(len(runs)), 0.0)
+    return out
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    step_ratio: dict[str, float],
+    header: str,
+    detect: list[dict[str, Any]],
+) -> str:
+    summary = summarise(rows)
+    cols = [
+        ("t2i sem R@1", "t2i_semantic_R@1"), ("t2i sem R@5", "t2i_semantic_R@5"),
+        ("t2i sem R@10", "t2i_semantic_R@10"), ("t2i sem mAP", "t2i_semantic_mAP"),
+        ("i2t sem R@1", "i2t_semantic_R@1"), ("i2t sem R@10", "i2t_semantic_R@10"),
+        ("i2t sem mAP", "i2t_semantic_mAP"), ("t2i inst R@1", "t2i_R@1"),
+        ("i2t inst R@1", "i2t_R@1"), ("t2i inst R@10", "t2i_R@10"),
+        ("FN prec", "fn_precision"), ("FN rec", "fn_recall"), ("FN F1", "fn_f1"),
+    ]  # fmt: skip
+    lines = [header, ""]
+    for setting in ("high-fn", "low-fn"):
+        keys = [k for k in summary if k[0] == setting]
+        if not keys:
+            continue
+        base = summary.get((setting, "random"), {}).get("t2i_semantic_R@1", (float("nan"), 0))
+        lines += [f"### {setting}", ""]
+        lines.append(
+            "| config | seeds | " + " | ".join(c for c, _ in cols) + " | Δ t2i sem R@1 vs random |"
+        )
+        lines.append("|---" * (len(cols) + 3) + "|")
+        for key in keys:
+            s = summary[key]
+            cells = []
+            for _, m in cols:
+                mean, std = s.get(m, (float("nan"), float("nan")))
+                cells.append("–" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+            d = s.get("t2i_semantic_R@1", (float("nan"), 0))[0] - base[0]
+            lines.append(
+                f"| {key[1]} | {int(s['_seeds'][0])} | " + " | ".join(cells) + f" | {d:+.3f} |"
+            )
+        lines.append("")
+    if step_ratio:
+        lines += [
+            "### Step time at batch 128 (forward + loss + backward), relative to open_clip.ClipLoss",
+            "",
+        ]
+        lines += ["| loss | × ClipLoss |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in step_ratio.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(rows)
+    settings = [s for s in ("high-fn", "low-fn") if any(k[0] == s for k in summary)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(7 * len(settings), 6), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1][: len(settings)]})  # fmt: skip
+    for ax, setting in zip(axes[0], settings, strict=True):
+        keys = [k for k in summary if k[0] == setting]
+        names = [k[1] for k in keys]
+        x = np.arange(len(keys))
+        for off, (metric, label) in enumerate(
+            (("t2i_semantic_R@1", "t2i sem R@1"), ("t2i_semantic_mAP", "t2i sem mAP"))
+        ):
+            means = [summary[k].get(metric, (np.nan, 0))[0] for k in keys]
+            stds = [summary[k].get(metric, (np.nan, 0))[1] for k in keys]
+            ax.bar(x + (off - 0.5) * 0.4, means, 0.4, yerr=stds, capsize=2, label=label)
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{setting} (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(out: Path, rows: list[dict[str, Any]], ratios: dict[str, float], header: str) -> None:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    detect = []
+    if (out / "fn_detection.json").is_file():
+        detect = json.loads((out / "fn_detection.json").read_text())
+    if ratios:
+        (out / "fn_step_time.json").write_text(json.dumps(ratios, indent=1) + "\n")
+    elif (out / "fn_step_time.json").is_file():
+        ratios = json.loads((out / "fn_step_time.json").read_text())
+    tmp = out / "fn_benchmark.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(out / "fn_benchmark.json")
+    (out / "fn_benchmark.md").write_text(markdown(rows, ratios, header, detect))
+    if rows:
+        chart(rows, out / "fn_benchmark.png")
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _scaled(cfg: synth.SynthConfig, scale: float) -> synth.SynthConfig:
+    if scale == 1.0:
+        return cfg
+    n = max(int(cfg.n * scale), cfg.tuple_count * 2)
+    return replace(cfg, n=n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global MODEL, BATCH, BASE_DATA
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default="work/bench-train", help="data, base model, runs (cached)")
+    p.add_argument("--out", default="docs/results", help="where the results go")
+    p.add_argument("--seeds", type=int, default=3)
+    # Sized for <= 45 min on 2 idle cores from the measured idle training throughput of
+    # clipserve-tiny-p16 (466 samples/s at batch 128): 63 runs x 100 steps + a 500-step base.
+    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per run")
+    p.add_argument("--base-steps", type=int, default=500)
+    p.add_argument("--step-reps", type=int, default=10, help="step-time repetitions per loss")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--only", nargs="*", help="only these config names")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--model", default=MODEL, help="(smoke tests: clipserve-micro)")
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--data-scale", type=float, default=1.0, help="scale every data set's size")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="data, base model, mining and FN detection only (before parallel shards)")  # fmt: skip
+    p.add_argument("--detect-batches", type=int, default=8, help="batches per FN-detection row")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="run only runs K, K+N, K+2N... (parallel processes; --out per shard)")  # fmt: skip
+    p.add_argument("--queue", action="store_true",
+                   help="with parallel processes: take runs in order from a shared queue "
+                   "(run-directory claims) instead of a fixed --shard split")  # fmt: skip
+    p.add_argument("--note", help="with --merge: the text above the tables (commands, machine)")
+    p.add_argument("--merge", nargs="*", metavar="JSON",
+                   help="only write the reports from these fn_benchmark.json files")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.merge:
+        found = [Path(x) for x in args.merge if Path(x).is_file()]
+        for missing in sorted(set(map(Path, args.merge)) - set(found)):
+            print(f"warning: {missing} does not exist (a shard that finished nothing?)")
+        merged, seen = [], set()
+        for path in found:
+            for r in json.loads(path.read_text()):
+                key = (r["setting"], r["config"], r["seed"])
+                if key not in seen:
+                    seen.add(key)
+                    merged.append(r)
+        for path in args.merge:  # detection and step time come from the shard that made them
+            for name in ("fn_detection.json", "fn_step_time.json"):
+                src = Path(path).parent / name
+                if src.is_file() and src.resolve() != (Path(args.out) / name).resolve():
+                    Path(args.out).mkdir(parents=True, exist_ok=True)
+                    (Path(args.out) / name).write_text(src.read_text())
+        header_note = (
+            "Command: `python bench/bench_train.py "
+            + " ".join(argv if argv is not None else sys.argv[1:])
+            + "`"
+        )
+        prior = Path(args.out) / "fn_benchmark.md"
+        first = prior.read_text().splitlines()[0] if prior.is_file() else header_note
+        write_reports(Path(args.out), merged, {}, first)
+        print(f"merged {len(merged)} runs into {args.out}")
+        return 0
+    shard_k, shard_n = (int(x) for x in args.shard.split("/"))
+    MODEL, BATCH = args.model, args.batch
+    BASE_DATA = _scaled(BASE_DATA, args.data_scale)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    work, out = Path(args.work), Path(args.out)
+    t_start = time.perf_counter()
+    header = (
+        f"Command: `python bench/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
+        f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
+    )
+    base = base_model(work, args.base_steps)
+    results_path = out / "fn_benchmark.json"
+    rows: list[dict[str, Any]] = (
+        json.loads(results_path.read_text()) if results_path.is_file() else []
+    )
+    done = {(r["setting"], r["config"], r["seed"]) for r in rows}
+    plan = []
+    for setting in args.settings:
+        data_cfg, runs = SETTINGS[setting]
+        data_cfg = _scaled(data_cfg, args.data_scale)
+        specs = [s for s in runs() if not args.only or s.name in args.only]
+        paths = synth.generate(data_cfg, work / "data" / setting, progress=False, reuse=True).paths
+        filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") == "cluster"}  # fmt: skip
+        filters.add("none")  # the groups and clusters FN detection runs on
+        mined = mine_target(work, setting, paths.train, base, filters)
+        plan.append((setting, specs, paths, mined))
+    detect_path = out / "fn_detection.json"
+    if shard_k == 0 and not detect_path.is_file() and args.detect_batches:
+        detection = [
+            row
+            for setting, _, paths, mined in plan
+            for row in fn_detection(setting, base, paths.train, mined["none"], args.detect_batches)
+        ]
+        out.mkdir(parents=True, exist_ok=True)
+        detect_path.write_text(json.dumps(detection, indent=1) + "\n")
+    if args.prepare_only:
+        return 0
+    # Seed-major order: every configuration's first seed finishes before any second seed.
+    ratios: dict[str, float] = {}
+    todo = [
+        (seed, setting, spec, paths, mined)
+        for seed in range(args.seeds)
+        for setting, specs, paths, mined in plan
+        for spec in specs
+    ]
+    queue = todo if args.queue else todo[shard_k::shard_n]
+    for seed, setting, spec, paths, mined in queue:
+        if (setting, spec.name, seed) in done:
+            continue
+        if args.queue and not claim(work, setting, spec, seed):
+            continue
+        row = run_one(work, setting, spec, seed, paths, base, mined, args.steps)
+        rows.append(row)
+        m = row["metrics"]
+        print(
+            f"[{time.perf_counter() - t_start:6.0f}s] {setting:7s} {spec.name:28s} "
+            f"seed {seed}: t2i sem R@1 {m.get('t2i_semantic_R@1', float('nan')):.3f} "
+            f"R@10 {m.get('t2i_semantic_R@10', float('nan')):.3f} mAP "
+            f"{m.get('t2i_semantic_mAP', float('nan')):.3f} FN F1 "
+            f"{m.get('fn_f1', float('nan')):.3f} ({row['wall_seconds']:.0f} s)",
+            flush=True,
+        )
+        write_reports(out, rows, ratios, header)
+    specs_all = [s for _, specs, _, _ in plan for s in specs]
+    if args.step_reps and plan and shard_k == 0:
+        secs = step_times(specs_all, base, plan[0][2].train, args.step_reps)
+        ref = secs["ClipLoss (open_clip)"]
+        ratios = {k: v / ref for k, v in secs.items()}
+        print("step time vs ClipLoss: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    write_reports(out, rows, ratios, header + f" Total {time.perf_counter() - t_start:.0f} s.")
+    print(f"wrote {out}/fn_benchmark.json, .md, .png in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

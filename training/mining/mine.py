@@ -1,0 +1,270 @@
+"""Mining: neighbours -> clusters -> filtered negatives + hard-batch groups, and their files.
+
+`mine` works on embeddings already computed (by `clipserve mine` from a checkpoint or bundle,
+or by training with its current weights when it re-mines). `write_mined` / `read_mined` are
+the on-disk contract (``DIR`` = the ``--out`` of ``clipserve mine``)::
+
+    DIR/negatives.jsonl   one line per anchor: {"id", "negatives": [ids], "ranks": [int],
+                          "scores": [cosine], "filtered": [ids removed as suspected FN]}
+    DIR/batch_plan.json   {"format", "group_size", "n_items", "groups": [[ids], ...]}
+    DIR/clusters.json     {"format", "top", "ids": [ids], "assign": [[centre ids]], "centres"}
+                          (when clusters > 0)
+    DIR/mine.json         the mining config, corpus size, timings and throughput, and, when
+                          the manifest has labels, the filter's FN precision/recall/F1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipserve.training.data.manifest import Record
+from clipserve.training.losses.config import LossConfig
+from clipserve.training.mining.filters import (
+    OFFLINE_ESTIMATORS,
+    suspected_false_negatives,
+    true_false_negatives,
+)
+from clipserve.training.mining.kmeans import kmeans, nearest_centres
+from clipserve.training.mining.neighbours import nearest_neighbours
+from clipserve.training.mining.plan import (
+    hard_batch_groups,
+    rank_window,
+    select_negatives,
+)
+from clipserve.training.sampling.side_inputs import ItemTable
+
+PLAN_FORMAT = "clipserve-batch-plan/1"
+CLUSTERS_FORMAT = "clipserve-clusters/1"
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """How to mine. Defaults suit data sets of a few thousand items.
+
+    rank_start / rank_window: negatives come from neighbour ranks [p, p + m) (0 = nearest).
+    negatives: kept per anchor after filtering. group_size: items per hard-batch
+    neighbourhood. clusters: k-means centres (0 = none); cluster_top: centre ids per item.
+    """
+
+    rank_start: int = 3
+    rank_window: int = 30
+    negatives: int = 3
+    group_size: int = 16
+    clusters: int = 0
+    cluster_top: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("rank_start", "clusters", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("rank_window", "negatives", "group_size", "cluster_top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.negatives > self.rank_window:
+            raise ValueError(
+                f"negatives ({self.negatives}) cannot exceed rank_window ({self.rank_window})"
+            )
+        if self.clusters and self.cluster_top > self.clusters:
+            raise ValueError(f"cluster_top ({self.cluster_top}) exceeds clusters ({self.clusters})")
+
+    @property
+    def neighbours(self) -> int:
+        """How many neighbours to retrieve per item: enough for the window and the groups."""
+        return max(self.rank_start + self.rank_window, self.group_size)
+
+
+@dataclass
+class Mined:
+    """What mining found, as item rows of the mined manifest."""
+
+    negatives: list[np.ndarray]  # per anchor, item rows of its mined negatives, rank order
+    groups: list[list[int]]  # hard-batch neighbourhoods, every row exactly once
+    cluster_ids: torch.Tensor | None = None  # (N, cluster_top) int64
+    centres: np.ndarray | None = None  # [clusters, D]
+    # Details kept for negatives.jsonl and the report (None when read back from files).
+    ranks: list[np.ndarray] | None = None
+    scores: list[np.ndarray] | None = None
+    filtered: list[np.ndarray] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _fn_quality(suspected: np.ndarray, truth: np.ndarray | None) -> dict[str, float]:
+    out = {"window_suspected_rate": float(suspected.mean()) if suspected.size else 0.0}
+    if truth is None:
+        return out
+    tp = float((suspected & truth).sum())
+    precision = tp / max(float(suspected.sum()), 1.0)
+    recall = tp / max(float(truth.sum()), 1.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return out | {
+        "window_true_fn_rate": float(truth.mean()) if truth.size else 0.0,
+        "filter_precision": precision,
+        "filter_recall": recall,
+        "filter_f1": f1,
+    }
+
+
+def mine(
+    text: np.ndarray,
+    image: np.ndarray,
+    table: ItemTable,
+    cfg: MineConfig,
+    filter_cfg: LossConfig,
+    index_dir: str | os.PathLike[str],
+    progress: bool = True,
+) -> tuple[Mined, ItemTable]:
+    """Mine from L2-normalised text/image [N, D]; `filter_cfg.estimator` filters negatives
+    with its thresholds. Returns what was mined and `table` with the cluster ids added."""
+    if filter_cfg.estimator not in OFFLINE_ESTIMATORS:
+        raise ValueError(
+            f"filter {filter_cfg.estimator!r} has no offline form; choose one of "
+            f"{', '.join(OFFLINE_ESTIMATORS)}"
+        )
+    t0 = time.perf_counter()
+    neigh = nearest_neighbours(text, image, cfg.neighbours, index_dir, progress)
+    centres = None
+    if cfg.clusters:
+        centres = kmeans(image, min(cfg.clusters, len(image)), seed=cfg.seed)
+        ids = nearest_centres(image, centres, min(cfg.cluster_top, len(centres)))
+        table = table.replace(cluster_ids=torch.from_numpy(ids))
+    elif filter_cfg.estimator == "cluster" and table.cluster_ids is None:
+        raise ValueError("the cluster filter needs k-means centres: set clusters > 0")
+    cands = rank_window(neigh.index, cfg.rank_start, cfg.rank_window)
+    t1 = time.perf_counter()
+    suspected = suspected_false_negatives(filter_cfg, text, image, table, cands)
+    truth = true_false_negatives(table, text, image, cands)
+    filter_s = time.perf_counter() - t1
+    picks = select_negatives(cands, suspected, cfg.negatives)
+    rows = np.arange(len(cands))
+    mined = Mined(
+        negatives=[cands[a, p] for a, p in zip(rows, picks, strict=True)],
+        groups=hard_batch_groups(neigh.index, cfg.group_size, cfg.seed),
+        cluster_ids=table.cluster_ids,
+        centres=centres,
+        ranks=[p + cfg.rank_start for p in picks],
+        scores=[neigh.score[a, p + cfg.rank_start] for a, p in zip(rows, picks, strict=True)],
+        filtered=[cands[a][suspected[a]] for a in rows],
+    )
+    short = sum(len(n) < cfg.negatives for n in mined.negatives)
+    mined.stats = {
+        "n_items": len(text),
+        "neighbours_per_item": cfg.neighbours,
+        "index_and_search_s": round(neigh.seconds, 3),
+        "queries_per_s": round(neigh.queries_per_s, 1),
+        "filter_s": round(filter_s, 3),
+        "total_s": round(time.perf_counter() - t0, 3),
+        "anchors_short_of_negatives": short,
+        "filter": filter_cfg.estimator,
+        **_fn_quality(suspected, truth),
+    }
+    return mined, table
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_mined(
+    out_dir: str | os.PathLike[str],
+    records: Sequence[Record],
+    mined: Mined,
+    summary: dict[str, Any],
+) -> Path:
+    """Write the files of the module docstring (mine.json last); returns out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [r.id for r in records]
+    assert mined.ranks is not None and mined.scores is not None and mined.filtered is not None
+    lines = []
+    for a, negs in enumerate(mined.negatives):
+        lines.append(
+            json.dumps(
+                {
+                    "id": ids[a],
+                    "negatives": [ids[i] for i in negs.tolist()],
+                    "ranks": mined.ranks[a].tolist(),
+                    "scores": [round(float(s), 6) for s in mined.scores[a]],
+                    "filtered": [ids[i] for i in mined.filtered[a].tolist()],
+                }
+            )
+        )
+    _write(out / "negatives.jsonl", "".join(line + "\n" for line in lines))
+    plan = {
+        "format": PLAN_FORMAT,
+        "group_size": max((len(g) for g in mined.groups), default=0),
+        "n_items": len(ids),
+        "groups": [[ids[i] for i in g] for g in mined.groups],
+    }
+    _write(out / "batch_plan.json", json.dumps(plan) + "\n")
+    if mined.cluster_ids is not None and mined.centres is not None:
+        clusters = {
+            "format": CLUSTERS_FORMAT,
+            "top": int(mined.cluster_ids.shape[1]),
+            "ids": ids,
+            "assign": mined.cluster_ids.tolist(),
+            "centres": np.round(mined.centres, 6).tolist(),
+        }
+        _write(out / "clusters.json", json.dumps(clusters) + "\n")
+    elif (out / "clusters.json").exists():
+        (out / "clusters.json").unlink()  # stale centres from an earlier run
+    _write(out / "mine.json", json.dumps(summary | mined.stats, indent=2) + "\n")
+    return out
+
+
+def read_mined(mined_dir: str | os.PathLike[str], records: Sequence[Record]) -> Mined:
+    """Read `write_mined`'s files back as rows of `records` (the manifest training reads).
+
+    Raises FileNotFoundError for a missing file and ValueError for ids the manifest lacks.
+    """
+    root = Path(mined_dir)
+    if not (root / "mine.json").is_file():
+        raise FileNotFoundError(f"{root} has no mine.json: not a `clipserve mine` output")
+    row = {r.id: i for i, r in enumerate(records)}
+
+    def rows_of(ids: Sequence[str], where: str) -> list[int]:
+        try:
+            return [row[i] for i in ids]
+        except KeyError as exc:
+            raise ValueError(
+                f"{where} names item {exc.args[0]!r}, which the training manifest lacks; "
+                "mine the same manifest you train on"
+            ) from None
+
+    negatives = [np.zeros(0, dtype=np.int64) for _ in records]
+    with (root / "negatives.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            item = json.loads(line)
+            (a,) = rows_of([item["id"]], "negatives.jsonl")
+            negatives[a] = np.array(rows_of(item["negatives"], "negatives.jsonl"), np.int64)
+    plan = json.loads((root / "batch_plan.json").read_text(encoding="utf-8"))
+    if plan.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{root}/batch_plan.json is not a {PLAN_FORMAT} file")
+    groups = [rows_of(g, "batch_plan.json") for g in plan["groups"]]
+    cluster_ids = centres = None
+    if (root / "clusters.json").is_file():
+        cl = json.loads((root / "clusters.json").read_text(encoding="utf-8"))
+        assign = np.zeros((len(records), int(cl["top"])), dtype=np.int64)
+        assign[rows_of(cl["ids"], "clusters.json")] = np.array(cl["assign"], dtype=np.int64)
+        cluster_ids = torch.from_numpy(assign)
+        centres = np.array(cl["centres"], dtype=np.float32)
+    stats = json.loads((root / "mine.json").read_text(encoding="utf-8"))
+    return Mined(negatives, groups, cluster_ids, centres, stats=stats)
+
+
+def config_summary(cfg: MineConfig, filter_cfg: LossConfig) -> dict[str, Any]:
+    return {"mine": asdict(cfg), "filter_config": asdict(filter_cfg)}
