@@ -30,10 +30,10 @@ from serving_harness import ServerProcess, random_bundle, small_jpeg  # noqa: E4
 
 from clipserve.proto.v1 import clipserve_pb2 as pb  # noqa: E402
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc  # noqa: E402
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.bundle import load_manifest  # noqa: E402
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend  # noqa: E402
-from clipserve.serving.preprocess import decode_for_model  # noqa: E402
-from clipserve.serving.tokenizer import ClipTokenizer  # noqa: E402
+from clipserve.serving.embedding.preprocess import decode_for_model  # noqa: E402
+from clipserve.serving.embedding.tokenizer import ClipTokenizer  # noqa: E402
 
 CAPTIONS = [
     "a photo of a cat", "a red double-decker bus driving down a rainy street",

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from clipserve.serving.backend import BackendStartupError
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
+from clipserve.serving.backends.backend import BackendStartupError
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.training.variants import min_cosine, random_ids
 
 CONFIGS = (  # (label, providers, variant)

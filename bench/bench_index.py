@@ -25,9 +25,9 @@ import numpy as np
 from qdrant_client import QdrantClient
 
 from clipserve.index.base import FieldMatch, Filter, Point, VectorIndex
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.ids import text_id
-from clipserve.index.remote import RemoteIndex
+from clipserve.index.remote.remote import RemoteIndex
 
 COLL = "bench"
 

@@ -101,7 +101,7 @@ def run_variant(variant: str, data_path: str, query_path: str, work: str, batch:
         out["lat"], out["ids"] = _time_queries(lambda q: _numpy_top10(matrix, q), queries)
     else:
         from clipserve.index.base import CollectionSettings, Point
-        from clipserve.index.edge import EdgeIndex
+        from clipserve.index.embedded.edge import EdgeIndex
 
         settings = CollectionSettings(
             int8_quantization=variant == "hnsw_int8", hnsw_build_threshold=0

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.tokenizer import ClipTokenizer
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.training.export import export_bundle
 from clipserve.training.model import ModelSpec, create_model
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.ids import image_id
 from clipserve.index.ingest.journal import Journal
 from clipserve.index.ingest.pipeline import Pipeline, load_item

@@ -273,9 +273,9 @@ def raw_ort(bundle: Path, batch: int, threads: int | None) -> dict[str, float]:
     """Items/s of the bundle's towers called directly, at batch 1 and `batch`."""
     from PIL import Image
 
-    from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-    from clipserve.serving.preprocess import preprocess
-    from clipserve.serving.tokenizer import ClipTokenizer
+    from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
+    from clipserve.serving.embedding.preprocess import preprocess
+    from clipserve.serving.embedding.tokenizer import ClipTokenizer
 
     backend = OnnxRuntimeBackend(bundle, providers="CPUExecutionProvider",
                                  intra_op_threads=threads)  # fmt: skip

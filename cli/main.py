@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("clipserve.training.evaluate", "instance and semantic retrieval metrics"),
     "export": ("clipserve.training.export", "export a checkpoint to an ONNX model bundle"),
     "triton-repo": (
-        "clipserve.serving.triton_repo",
+        "clipserve.serving.backends.triton_repo",
         "write a Triton model repository for a bundle",
     ),
     "serve": ("clipserve.serving.server", "serve a model bundle over gRPC with a Qdrant index"),

@@ -24,7 +24,7 @@ def open_index(
     if url and path:
         raise ValueError("give either an index url (Qdrant server) or an index path, not both")
     if url:
-        from clipserve.index.remote import RemoteIndex
+        from clipserve.index.remote.remote import RemoteIndex
 
         return RemoteIndex(url, api_key=api_key, https=https, prefer_grpc=prefer_grpc)
     if path:
@@ -32,7 +32,7 @@ def open_index(
             raise ValueError(
                 "api_key and https apply to a Qdrant server url, not to a local index path"
             )
-        from clipserve.index.edge import EdgeIndex
+        from clipserve.index.embedded.edge import EdgeIndex
 
         return EdgeIndex(path)
     raise ValueError(

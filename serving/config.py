@@ -57,14 +57,14 @@ class ServerConfig:
     inference_workers: int = 2  # threads running backend calls concurrently
     grace_s: float = 10.0  # how long a graceful stop lets in-flight calls finish
     health_interval_s: float = 10.0  # period of the backend probe behind the health status
-    # Dynamic batching across requests (serving/batcher.py), per modality. A batch closes when
+    # Dynamic batching across requests (serving/embedding/batcher.py), per modality. A batch closes when
     # it holds max_batch items, when the next item would pass its budget, or max_batch_wait_us
     # after its oldest item arrived (it only starts waiting once an inference worker is free).
     max_batch_tokens: int = 8192  # text: rows x longest row (padded tokens) per batch
     max_batch_pixels: int = 64 * 224 * 224  # images: model-input pixels per batch
     max_batch_wait_us: int = 2000
     max_queued_items: int = 4096  # items waiting for inference; more = RESOURCE_EXHAUSTED
-    # Memory (serving/budget.py): decoded pixels held at once, all requests together. A
+    # Memory (serving/embedding/budget.py): decoded pixels held at once, all requests together. A
     # decoded pixel costs at most 4 bytes and a preprocessed model-input pixel 3 units
     # (three float32 channels), so decoded image memory stays under ~4 bytes x this.
     max_inflight_pixels: int = 100_000_000
@@ -77,7 +77,7 @@ class ServerConfig:
     api_key_file: Path | None = None  # one key per line (rotation: several at once)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS only
     tls_key: Path | None = None
-    # Backend (serving/backend_factory.py): in-process ONNX Runtime or a Triton server.
+    # Backend (serving/backends/backend_factory.py): in-process ONNX Runtime or a Triton server.
     backend: str = "onnxruntime"  # "onnxruntime" | "triton"
     triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint (backend "triton")
     model_variant: str = "default"  # bundle variant: "default" (fp32) | "fp16" | "int8"

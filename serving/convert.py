@@ -26,9 +26,9 @@ from clipserve.index.base import (
 )
 from clipserve.index.filters import BadFilter, Condition
 from clipserve.proto.v1 import clipserve_pb2 as pb
-from clipserve.serving.dedup import DedupResult
 from clipserve.serving.errors import InvalidInput
-from clipserve.serving.index_service import Mmr, QueryResult, QuerySpec, UpsertItem
+from clipserve.serving.search.dedup import DedupResult
+from clipserve.serving.search.index_service import Mmr, QueryResult, QuerySpec, UpsertItem
 from clipserve.serving.service import Content
 
 

@@ -7,7 +7,7 @@ calls and releases everything; a plain `server.stop()` works too (resources are 
 the server has terminated).
 
 Health service names: `clipserve.v1.ClipServe` and "" are readiness (inference and index work:
-serving/health.py); `liveness` is SERVING while the server runs at all (a restart would not
+serving/ops/health.py); `liveness` is SERVING while the server runs at all (a restart would not
 help a server that is merely not ready).
 """
 
@@ -34,18 +34,18 @@ from clipserve.index.base import VectorIndex
 from clipserve.index.factory import open_index
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
-from clipserve.serving import memory
-from clipserve.serving.backend import BackendStartupError, EmbeddingBackend
-from clipserve.serving.backend_factory import make_backend
+from clipserve.serving.backends.backend import BackendStartupError, EmbeddingBackend
+from clipserve.serving.backends.backend_factory import make_backend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
 from clipserve.serving.config import ServerConfig
+from clipserve.serving.embedding import memory
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.errors import BackendUnavailable
-from clipserve.serving.index_service import IndexService
-from clipserve.serving.interceptor import CallInterceptor
-from clipserve.serving.request_context import RequestIdFilter
+from clipserve.serving.ops.interceptor import CallInterceptor
+from clipserve.serving.ops.request_context import RequestIdFilter
+from clipserve.serving.search.index_service import IndexService
 from clipserve.serving.service import EmbeddingService
 from clipserve.serving.servicer import ClipServeServicer
-from clipserve.serving.tokenizer import ClipTokenizer
 
 log = logging.getLogger("clipserve.serving")
 
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
-    memory.tune_allocator()  # before the first large decode (see serving/memory.py)
+    memory.tune_allocator()  # before the first large decode (see serving/embedding/memory.py)
     config = ServerConfig.from_env(
         bundle=args.bundle,
         host=args.host,

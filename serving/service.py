@@ -2,9 +2,9 @@
 
 It validates every request as a whole before doing any work (a rejected request embeds and
 stores nothing), enforces the configured limits, hands embedding to the `Embedder` (bounded
-decoding, cross-request batching: serving/embedder.py, serving/batcher.py), runs the index on
+decoding, cross-request batching: serving/embedding/embedder.py, serving/embedding/batcher.py), runs the index on
 worker threads so the event loop never blocks, maps index errors to the domain errors of
-`serving/errors.py`, and feeds readiness (serving/health.py) and metrics from what real
+`serving/errors.py`, and feeds readiness (serving/ops/health.py) and metrics from what real
 requests find. It knows nothing about protobuf.
 
 For other services (the index service): `await service.embed(contents, truncate=...)` is the
@@ -31,10 +31,12 @@ from clipserve.index.base import (
     DimensionMismatch,
     VectorIndex,
 )
-from clipserve.serving.backend import EmbeddingBackend
+from clipserve.serving.backends.backend import EmbeddingBackend
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.embedder import Content, Embedder, Embeddings, input_label
+from clipserve.serving.embedding.embedder import Content, Embedder, Embeddings, input_label
+from clipserve.serving.embedding.preprocess import preprocess
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -42,10 +44,8 @@ from clipserve.serving.errors import (
     ServingError,
     grpc_status,
 )
-from clipserve.serving.health import INDEX, INFERENCE, HealthMonitor
-from clipserve.serving.metrics import Metrics
-from clipserve.serving.preprocess import preprocess
-from clipserve.serving.tokenizer import ClipTokenizer
+from clipserve.serving.ops.health import INDEX, INFERENCE, HealthMonitor
+from clipserve.serving.ops.metrics import Metrics
 
 __all__ = ["Content", "Embeddings", "EmbeddingService", "StreamItem", "StreamResult"]
 

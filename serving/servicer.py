@@ -20,7 +20,7 @@ from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving import convert
 from clipserve.serving.convert import content_from_proto, payload_from_proto
 from clipserve.serving.errors import ServingError, grpc_status
-from clipserve.serving.index_service import IndexService
+from clipserve.serving.search.index_service import IndexService
 from clipserve.serving.service import Embeddings, EmbeddingService, StreamItem
 
 log = logging.getLogger(__name__)

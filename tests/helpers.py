@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.server import _RUNNING, create_server, shutdown
 
 T = TypeVar("T")

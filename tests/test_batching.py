@@ -19,13 +19,13 @@ from helpers import BackgroundServer, ControlledBackend
 from PIL import Image
 
 from clipserve.proto.v1 import clipserve_pb2 as pb
-from clipserve.serving.batcher import text_cost
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.bundle import load_manifest
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.preprocess import decode_image, preprocess
+from clipserve.serving.embedding.batcher import text_cost
+from clipserve.serving.embedding.preprocess import decode_image, preprocess
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.server import service_of
-from clipserve.serving.tokenizer import ClipTokenizer
 
 DIM = 128
 TEXTS = ["a cat", "a much longer caption about a small cat sitting on a mat", "x", "two red dogs",

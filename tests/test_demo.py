@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipserve.cli.demo import main as demo_main
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = [

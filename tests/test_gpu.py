@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 
 pytestmark = [
     pytest.mark.gpu,

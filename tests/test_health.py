@@ -17,9 +17,9 @@ import grpc
 import pytest
 from helpers import BackgroundServer, ControlledBackend
 
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.server import LIVENESS_SERVICE, SERVICE_NAME, service_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -30,10 +30,10 @@ from clipserve.index.base import (
     VectorIndex,
     require_model,
 )
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.factory import open_index
 from clipserve.index.ids import canonical_id, content_id, image_id, text_id
-from clipserve.index.remote import RemoteIndex
+from clipserve.index.remote.remote import RemoteIndex
 
 DIM = 128
 N = 300
@@ -303,7 +303,7 @@ _CRASH_SCRIPT = """
 import os, sys, uuid
 import numpy as np
 from clipserve.index.base import Point
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 idx = EdgeIndex(sys.argv[1])
 idx.ensure_collection("crash", 8)
 v = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
@@ -396,7 +396,7 @@ def test_open_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     idx = open_index(path=str(tmp_path))
     assert isinstance(idx, EdgeIndex)
     idx.close()
-    monkeypatch.setattr("clipserve.index.remote.QdrantClient", _FakeClient)
+    monkeypatch.setattr("clipserve.index.remote.remote.QdrantClient", _FakeClient)
     remote = open_index(url="http://qdrant:6333", api_key="k")
     assert isinstance(remote, RemoteIndex)
     client = remote._client
@@ -548,7 +548,7 @@ def test_edge_hnsw_int8_recall(tmp_path: Path) -> None:
 
 
 def test_open_index_passes_tls_and_grpc_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("clipserve.index.remote.QdrantClient", _FakeClient)
+    monkeypatch.setattr("clipserve.index.remote.remote.QdrantClient", _FakeClient)
     remote = open_index(url="https://qdrant.example:6333", api_key="k", https=True)
     assert isinstance(remote, RemoteIndex)
     client = remote._client
@@ -563,7 +563,7 @@ _NOSYNC_SCRIPT = """
 import os, sys, uuid
 import numpy as np
 from clipserve.index.base import Point
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 idx = EdgeIndex(sys.argv[1], fsync=False)
 idx.ensure_collection("crash", 8)
 v = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)

@@ -1,7 +1,7 @@
 """The embedded engine's background HNSW build: writes and queries go on, correctly, while it runs.
 
 The build runs the engine's optimize in a subprocess on an exported copy and swaps the new shard
-in (see clipserve.index.edge_rebuild); these tests check that nothing written meanwhile is lost,
+in (see clipserve.index.embedded.edge_rebuild); these tests check that nothing written meanwhile is lost,
 that answers stay right throughout, and that a crash or close mid-build leaves a working index.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clipserve.index import edge_rebuild
 from clipserve.index.base import CollectionSettings, FieldMatch, Filter, Point, Range
-from clipserve.index.edge import EdgeIndex
-from clipserve.index.edge_meta import read_meta
+from clipserve.index.embedded import edge_rebuild
+from clipserve.index.embedded.edge import EdgeIndex
+from clipserve.index.embedded.edge_meta import read_meta
 from clipserve.index.ids import text_id
 
 DIM = 24

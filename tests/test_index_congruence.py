@@ -34,9 +34,9 @@ from clipserve.index.base import (
     Range,
     VectorIndex,
 )
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.ids import text_id
-from clipserve.index.remote import RemoteIndex
+from clipserve.index.remote.remote import RemoteIndex
 
 DIM = 32
 N = 200

@@ -19,12 +19,12 @@ import pytest
 from index_support import DIM, BackgroundServer, png
 
 from clipserve.index.collections import Provenance
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.ids import text_id
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.vectors import mmr
+from clipserve.serving.search.vectors import mmr
 
 FOREIGN = Provenance("f" * 64, "some-other-model", DIM)
 TEXTS = [f"item {i} about {'cats' if i % 2 else 'dogs'}" for i in range(20)]

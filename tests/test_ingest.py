@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from index_support import BackgroundServer, png, write_folder
 
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.ids import image_id, text_id
 from clipserve.index.ingest.cli import main as index_main
 from clipserve.index.ingest.journal import Journal

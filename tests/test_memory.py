@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from clipserve.serving.budget import PixelBudget
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.bundle import load_manifest
-from clipserve.serving.errors import InvalidInput, Overloaded
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.preprocess import (
+from clipserve.serving.embedding.budget import PixelBudget
+from clipserve.serving.embedding.preprocess import (
     decode_for_model,
     decode_image,
     open_image,
     plan_decode,
     preprocess_one,
 )
+from clipserve.serving.errors import InvalidInput, Overloaded
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_memory.py"
 # Reduced decoding vs the full-size decode, in normalised units (one grey level ~ 0.015).

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipserve.serving.backend import EmbeddingBackend
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend, choose_providers
-from clipserve.serving.tokenizer import ClipTokenizer
+from clipserve.serving.backends.backend import EmbeddingBackend
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend, choose_providers
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 
 TEXTS = ["a photo of a cat", "a dog", "", "a red double-decker bus on a rainy london street"]
 
@@ -125,8 +125,8 @@ def test_serving_modules_import_without_torch() -> None:
                 if name == "torch" or name.startswith(("torch.", "torchvision", "open_clip")):
                     raise ImportError(f"blocked in this test: {name}")
         sys.meta_path.insert(0, BlockTorch())
-        import clipserve.serving.bundle, clipserve.serving.tokenizer
-        import clipserve.serving.preprocess, clipserve.serving.onnx_backend
+        import clipserve.serving.bundle, clipserve.serving.embedding.tokenizer
+        import clipserve.serving.embedding.preprocess, clipserve.serving.backends.onnx_backend
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         print("ok")
         """

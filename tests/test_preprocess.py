@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from clipserve.serving.bundle import load_manifest
+from clipserve.serving.embedding.preprocess import decode_image, preprocess
 from clipserve.serving.errors import InvalidInput
-from clipserve.serving.preprocess import decode_image, preprocess
 
 MAX_DIFF = 1e-5
 

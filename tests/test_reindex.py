@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from index_support import BackgroundServer, write_folder
 
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.index.ingest.cli import main as index_main
 from clipserve.index.ingest.reindex import main as reindex_main
 from clipserve.index.ingest.reindex import reindex

@@ -30,15 +30,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import BackgroundServer, ControlledBackend
 from PIL import Image
 
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 from clipserve.proto.v1 import clipserve_pb2 as pb
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.bundle import load_manifest
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.preprocess import decode_image, preprocess
+from clipserve.serving.embedding.preprocess import decode_image, preprocess
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.server import SERVICE_NAME, shutdown
-from clipserve.serving.tokenizer import ClipTokenizer
 
 T = TypeVar("T")
 DIM = 128  # the tiny bundle's embedding dimension
@@ -516,7 +516,7 @@ def test_server_over_remote_qdrant_api(tiny_bundle: Path, tmp_path: Path) -> Non
     Qdrant server here): Upsert, idempotent re-Upsert, Query and filters behave the same."""
     from qdrant_client import QdrantClient
 
-    from clipserve.index.remote import RemoteIndex
+    from clipserve.index.remote.remote import RemoteIndex
 
     qdrant = QdrantClient(":memory:")
     config = ServerConfig(bundle=tiny_bundle, port=0, index_path=tmp_path / "unused", **LIMITS)

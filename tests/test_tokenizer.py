@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from clipserve.serving.tokenizer import ClipTokenizer
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 
 CORPUS = [
     "a photo of a cat",

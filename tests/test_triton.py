@@ -27,16 +27,16 @@ from helpers import BackgroundServer, start_server_error
 from PIL import Image
 from triton_local import TritonServer, free_port
 
-from clipserve.serving.backend import BackendStartupError
+from clipserve.serving.backends.backend import BackendStartupError
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
+from clipserve.serving.backends.triton_repo import IMAGE_MODEL, TEXT_MODEL
+from clipserve.serving.backends.triton_repo import main as triton_repo_main
 from clipserve.serving.bundle import load_manifest
 from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.preprocess import decode_for_model
+from clipserve.serving.embedding.preprocess import decode_for_model
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.server import StartupError
-from clipserve.serving.tokenizer import ClipTokenizer
-from clipserve.serving.triton_repo import IMAGE_MODEL, TEXT_MODEL
-from clipserve.serving.triton_repo import main as triton_repo_main
 
 triton = pytest.importorskip("tritonclient.grpc", reason="pip install 'clipserve[triton]'")
 from tritonclient.grpc import model_config_pb2  # noqa: E402
@@ -127,7 +127,7 @@ def test_onnxruntime_repo_is_valid_triton_config(tiny_bundle: Path, tmp_path: Pa
 def test_triton_backend_matches_in_process_onnxruntime(
     triton_server: TritonServer, tiny_bundle: Path, reference: OnnxRuntimeBackend
 ) -> None:
-    from clipserve.serving.triton_backend import TritonBackend
+    from clipserve.serving.backends.triton_backend import TritonBackend
 
     m = reference.manifest
     backend = TritonBackend(triton_server.url, m)
@@ -148,7 +148,7 @@ def test_triton_backend_matches_in_process_onnxruntime(
 def test_repository_of_another_bundle_is_refused(
     triton_server: TritonServer, reference: OnnxRuntimeBackend
 ) -> None:
-    from clipserve.serving.triton_backend import TritonBackend
+    from clipserve.serving.backends.triton_backend import TritonBackend
 
     other = dataclasses.replace(reference.manifest, version="0123456789ab")
     with pytest.raises(BackendStartupError, match="serves model version"):

@@ -21,13 +21,13 @@ import pytest
 from helpers import BackgroundServer, start_server_error
 from PIL import Image
 
-from clipserve.serving.backend import BackendStartupError
+from clipserve.serving.backends.backend import BackendStartupError
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.bundle import BundleError, load_manifest
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.preprocess import preprocess
+from clipserve.serving.embedding.preprocess import preprocess
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.server import StartupError, metrics_port
-from clipserve.serving.tokenizer import ClipTokenizer
 from clipserve.training.variants import add_variants, min_cosine
 
 # Training + export take ~30 s on 2 idle cores; the margin is for a machine shared with others.

@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, variant in manifest.variants.items():
         print(f"variant {name}: {variant.image_file}, {variant.text_file} ({variant.note})")
     if args.triton_repo is not None:
-        from clipserve.serving.triton_repo import main as triton_repo_main
+        from clipserve.serving.backends.triton_repo import main as triton_repo_main
 
         return triton_repo_main(["--bundle", str(args.out), "--out", str(args.triton_repo)])
     return 0

@@ -3,7 +3,7 @@
 The JSON covers everything after open_clip's text cleaning: pre-tokenisation with CLIP's
 regex, byte-to-unicode mapping, BPE with the ``</w>`` end-of-word suffix, and the
 ``<start_of_text> ... <end_of_text>`` template. Cleaning (``ftfy.fix_text``, ``html.unescape``
-twice, whitespace collapse, lowercase) runs in Python in `clipserve.serving.tokenizer`,
+twice, whitespace collapse, lowercase) runs in Python in `clipserve.serving.embedding.tokenizer`,
 because ftfy has no `tokenizers` equivalent; the JSON's normaliser repeats the idempotent
 whitespace/lowercase steps so the file is also usable on its own for plain text.
 

@@ -26,7 +26,7 @@ from clipserve.index.ingest.journal import Journal, Progress
 from clipserve.index.ingest.retry import BadInput, RetryPolicy, call_with_retry
 from clipserve.index.ingest.sources import SourceItem
 from clipserve.index.ingest.targets import Target
-from clipserve.serving.index_service import SOURCE_KEY, TEXT_KEY, UpsertItem
+from clipserve.serving.search.index_service import SOURCE_KEY, TEXT_KEY, UpsertItem
 from clipserve.serving.service import Content
 
 log = logging.getLogger(__name__)

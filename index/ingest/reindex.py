@@ -34,7 +34,7 @@ from clipserve.index.ingest.pipeline import Pipeline, Summary
 from clipserve.index.ingest.retry import RetryPolicy
 from clipserve.index.ingest.sources import SourceItem
 from clipserve.index.ingest.targets import LocalTarget
-from clipserve.serving.index_service import SOURCE_KEY, TEXT_KEY
+from clipserve.serving.search.index_service import SOURCE_KEY, TEXT_KEY
 
 
 @dataclass(frozen=True)

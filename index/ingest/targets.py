@@ -19,7 +19,7 @@ import numpy as np
 from clipserve.index.ingest.retry import BadInput, Transient
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.serving.errors import BackendUnavailable, InvalidInput, Overloaded
-from clipserve.serving.index_service import UpsertItem
+from clipserve.serving.search.index_service import UpsertItem
 
 T = TypeVar("T")
 
@@ -52,11 +52,11 @@ class LocalTarget:
         """`index`: an index already open in this process (borrowed: not closed here);
         by default the one `config` names is opened (and closed by `close`)."""
         from clipserve.index.factory import open_index
+        from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
         from clipserve.serving.bundle import load_manifest
-        from clipserve.serving.index_service import IndexService
-        from clipserve.serving.onnx_backend import OnnxRuntimeBackend
+        from clipserve.serving.embedding.tokenizer import ClipTokenizer
+        from clipserve.serving.search.index_service import IndexService
         from clipserve.serving.service import EmbeddingService
-        from clipserve.serving.tokenizer import ClipTokenizer
 
         manifest = load_manifest(config.bundle)
         backend = OnnxRuntimeBackend(config.bundle, manifest, providers=config.provider_list,

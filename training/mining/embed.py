@@ -37,10 +37,10 @@ def embed_with_bundle(
     bundle: str | Path, records: Sequence[Record], batch_size: int = 64, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """(text [N, D], image [N, D]) L2-normalised, from an ONNX model bundle."""
+    from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
     from clipserve.serving.bundle import load_manifest
-    from clipserve.serving.onnx_backend import OnnxRuntimeBackend
-    from clipserve.serving.preprocess import preprocess
-    from clipserve.serving.tokenizer import ClipTokenizer
+    from clipserve.serving.embedding.preprocess import preprocess
+    from clipserve.serving.embedding.tokenizer import ClipTokenizer
 
     manifest = load_manifest(bundle)
     backend = OnnxRuntimeBackend(bundle, manifest, providers="auto")

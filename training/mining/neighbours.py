@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipserve.index.base import Point
-from clipserve.index.edge import EdgeIndex
+from clipserve.index.embedded.edge import EdgeIndex
 
 COLLECTION = "mine"
 

@@ -1,6 +1,6 @@
 """Build an indexed Edge shard from exported points, in a process of its own.
 
-    python -m clipserve.index.edge_build BUILD_DIR
+    python -m clipserve.index.embedded.edge_build BUILD_DIR
 
 BUILD_DIR holds what `export_points` wrote from the live shard:
 
@@ -25,7 +25,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from clipserve.index.collections import CollectionSettings
-from clipserve.index.edge_meta import edge_config, payload_index_op
+from clipserve.index.embedded.edge_meta import edge_config, payload_index_op
 
 SPEC = "spec.json"
 VECTORS = "vectors.f32"
@@ -121,7 +121,7 @@ def build(build_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m clipserve.index.edge_build BUILD_DIR", file=sys.stderr)
+        print("usage: python -m clipserve.index.embedded.edge_build BUILD_DIR", file=sys.stderr)
         return 2
     build(Path(args[0]))
     return 0

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 
 from clipserve.serving.errors import Unauthenticated, grpc_status
-from clipserve.serving.metrics import Metrics
-from clipserve.serving.request_context import (
+from clipserve.serving.ops.metrics import Metrics
+from clipserve.serving.ops.request_context import (
     DEADLINE,
     REQUEST_ID,
     deadline_from_remaining,

@@ -32,12 +32,12 @@ from clipserve.index.base import (
 )
 from clipserve.index.ids import canonical_id, content_id
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.dedup import DedupResult, find_duplicates
 from clipserve.serving.errors import FailedPrecondition, InvalidInput, Overloaded
-from clipserve.serving.index_ops import IndexOps
-from clipserve.serving.page_token import decode_page_token, encode_page_token
+from clipserve.serving.search.dedup import DedupResult, find_duplicates
+from clipserve.serving.search.index_ops import IndexOps
+from clipserve.serving.search.page_token import decode_page_token, encode_page_token
+from clipserve.serving.search.vectors import check_vector, mmr, pool
 from clipserve.serving.service import Content, EmbeddingService
-from clipserve.serving.vectors import check_vector, mmr, pool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

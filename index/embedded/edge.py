@@ -63,10 +63,10 @@ from clipserve.index.base import (
     to_point,
 )
 from clipserve.index.collections import creation_provenance
-from clipserve.index.edge_builder import BuildTrigger
-from clipserve.index.edge_collection import EdgeCollection
-from clipserve.index.edge_filters import edge_filter
-from clipserve.index.edge_meta import (
+from clipserve.index.embedded.edge_builder import BuildTrigger
+from clipserve.index.embedded.edge_collection import EdgeCollection
+from clipserve.index.embedded.edge_filters import edge_filter
+from clipserve.index.embedded.edge_meta import (
     EdgeMeta,
     edge_config,
     is_collection,
@@ -74,7 +74,7 @@ from clipserve.index.edge_meta import (
     read_meta,
     write_meta,
 )
-from clipserve.index.edge_rebuild import clean_stale, rebuild
+from clipserve.index.embedded.edge_rebuild import clean_stale, rebuild
 from clipserve.index.ids import canonical_id
 
 _DROPPED_PREFIX = ".dropped-"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import qdrant_edge as qe
 
-from clipserve.index.edge_builder import BuildTrigger
-from clipserve.index.edge_meta import EdgeMeta
+from clipserve.index.embedded.edge_builder import BuildTrigger
+from clipserve.index.embedded.edge_meta import EdgeMeta
 
 # int8 search: fetch this many times the candidates asked for, rescore them with the full
 # vectors, keep the best. Recall@10 at 100k x 512: 0.94 without it (docs/benchmarks.md).

@@ -20,26 +20,26 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipserve.serving import memory
-from clipserve.serving.backend import EmbeddingBackend
-from clipserve.serving.batcher import Batcher, BatchObserver, image_cost_fn, text_cost
-from clipserve.serving.budget import PixelBudget
+from clipserve.serving.backends.backend import EmbeddingBackend
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.errors import InvalidInput
-from clipserve.serving.preprocess import (
+from clipserve.serving.embedding import memory
+from clipserve.serving.embedding.batcher import Batcher, BatchObserver, image_cost_fn, text_cost
+from clipserve.serving.embedding.budget import PixelBudget
+from clipserve.serving.embedding.preprocess import (
     DecodePlan,
     load_pixels,
     open_image,
     plan_decode,
     preprocess_one,
 )
-from clipserve.serving.request_context import DEADLINE
-from clipserve.serving.tokenizer import ClipTokenizer
+from clipserve.serving.embedding.tokenizer import ClipTokenizer
+from clipserve.serving.errors import InvalidInput
+from clipserve.serving.ops.request_context import DEADLINE
 
 log = logging.getLogger(__name__)
 
-# Decodes at least this large are followed by malloc_trim (see serving/memory.py).
+# Decodes at least this large are followed by malloc_trim (see serving/embedding/memory.py).
 TRIM_ABOVE_PIXELS = 4_000_000
 
 

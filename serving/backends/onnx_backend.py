@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from clipserve.serving.backend import BackendInfo, BackendStartupError
+from clipserve.serving.backends.backend import BackendInfo, BackendStartupError
 from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_manifest
 
 log = logging.getLogger(__name__)

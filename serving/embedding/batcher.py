@@ -30,7 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from clipserve.serving.errors import DeadlineExceeded, Overloaded
-from clipserve.serving.request_context import expired
+from clipserve.serving.ops.request_context import expired
 
 log = logging.getLogger(__name__)
 

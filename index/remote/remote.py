@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from clipserve.index import remote_admin
 from clipserve.index.base import (
     AliasNotFound,
     CollectionExists,
@@ -51,7 +50,8 @@ from clipserve.index.base import (
 )
 from clipserve.index.collections import creation_provenance
 from clipserve.index.ids import canonical_id
-from clipserve.index.remote_filters import remote_filter
+from clipserve.index.remote import remote_admin
+from clipserve.index.remote.remote_filters import remote_filter
 
 
 class RemoteIndex:

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
-from clipserve.index.edge_build import Cancelled, export_points
-from clipserve.index.edge_collection import EdgeCollection, Journal
-from clipserve.index.edge_meta import edge_config, write_meta
+from clipserve.index.embedded.edge_build import Cancelled, export_points
+from clipserve.index.embedded.edge_collection import EdgeCollection, Journal
+from clipserve.index.embedded.edge_meta import edge_config, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def rebuild(coll: EdgeCollection, cdir: Path, stop: threading.Event, fsync: bool
 
 
 def _run_build(build_dir: Path, stop: threading.Event) -> None:
-    cmd = [sys.executable, "-m", "clipserve.index.edge_build", str(build_dir)]
+    cmd = [sys.executable, "-m", "clipserve.index.embedded.edge_build", str(build_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while True:
         try:

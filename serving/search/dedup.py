@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from clipserve.index.base import Filter
 
 if TYPE_CHECKING:
-    from clipserve.serving.index_ops import IndexOps
+    from clipserve.serving.search.index_ops import IndexOps
 
 PAGE = 256
 

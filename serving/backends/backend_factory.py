@@ -7,7 +7,7 @@ tritonclient) happens in one place. Failures that the operator can fix raise
 
 from __future__ import annotations
 
-from clipserve.serving.backend import BackendStartupError, EmbeddingBackend
+from clipserve.serving.backends.backend import BackendStartupError, EmbeddingBackend
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import ServerConfig
 
@@ -15,14 +15,14 @@ from clipserve.serving.config import ServerConfig
 def make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
     if config.backend == "triton":
         try:
-            from clipserve.serving.triton_backend import TritonBackend
+            from clipserve.serving.backends.triton_backend import TritonBackend
         except ImportError as exc:
             raise BackendStartupError(
                 f"--backend triton needs tritonclient: pip install 'clipserve[triton]' ({exc})"
             ) from exc
         assert config.triton_url is not None  # ServerConfig checks it
         return TritonBackend(config.triton_url, manifest, variant=config.model_variant)
-    from clipserve.serving.onnx_backend import OnnxRuntimeBackend  # loads onnxruntime
+    from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # loads onnxruntime
 
     return OnnxRuntimeBackend(
         config.bundle,

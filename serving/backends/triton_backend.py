@@ -26,10 +26,15 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the Triton backend needs tritonclient: pip install 'clipserve[triton]'"
     ) from exc
 
-from clipserve.serving.backend import BackendInfo, BackendStartupError
+from clipserve.serving.backends.backend import BackendInfo, BackendStartupError
+from clipserve.serving.backends.triton_repo import (
+    IMAGE_MODEL,
+    TEXT_MODEL,
+    VARIANT_PARAM,
+    VERSION_PARAM,
+)
 from clipserve.serving.bundle import DEFAULT_VARIANT, VARIANT_PRECISION, Manifest, TowerSpec
 from clipserve.serving.errors import BackendUnavailable
-from clipserve.serving.triton_repo import IMAGE_MODEL, TEXT_MODEL, VARIANT_PARAM, VERSION_PARAM
 
 log = logging.getLogger(__name__)
 

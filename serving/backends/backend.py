@@ -1,8 +1,8 @@
 """`EmbeddingBackend`: the one interface the service calls for inference.
 
-Implementations: `OnnxRuntimeBackend` (serving/onnx_backend.py; CPU, CUDA or TensorRT
-providers) and `TritonBackend` (serving/triton_backend.py; a Triton Inference Server over
-gRPC); `make_backend` (serving/backend_factory.py) builds the one a `ServerConfig` names. Inputs arrive already
+Implementations: `OnnxRuntimeBackend` (serving/backends/onnx_backend.py; CPU, CUDA or TensorRT
+providers) and `TritonBackend` (serving/backends/triton_backend.py; a Triton Inference Server over
+gRPC); `make_backend` (serving/backends/backend_factory.py) builds the one a `ServerConfig` names. Inputs arrive already
 preprocessed: pixel arrays and token ids, so every backend computes exactly the same function.
 """
 

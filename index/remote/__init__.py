@@ -1,0 +1,1 @@
+"""`RemoteIndex`: a Qdrant server or cluster through qdrant-client."""

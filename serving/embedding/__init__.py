@@ -1,0 +1,1 @@
+"""The embedding path: tokenizer, bounded image decoding and preprocessing, the pixel budget, cross-request batching."""
