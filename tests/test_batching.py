@@ -188,8 +188,10 @@ def test_a_backend_failure_fails_only_that_batch(
         assert err.value.details() == "internal error"
         for f in later:
             assert f.result(30).shape == (1, DIM)
-    # (then the health monitor's probe, run at once because a batch failed)
-    assert backend.batch_sizes("text")[:2] == [1, 3]
+    # The failed batch, then the three queued texts as one batch. The health monitor's probe
+    # (a one-text embed, run at once because a batch failed) may come before or after it.
+    sizes = backend.batch_sizes("text")
+    assert sizes[0] == 1 and 3 in sizes[1:3], sizes
 
 
 def test_cancelled_and_expired_calls_never_reach_the_backend(
