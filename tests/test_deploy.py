@@ -675,7 +675,7 @@ def test_job_configs_are_the_repository_configs() -> None:
                     for override in (x for x in words if re.match(r"^[a-z_]+\.[a-z_]+=", x)):
                         section, key = override.split("=", 1)[0].split(".")
                         assert key in config[section], f"{o['metadata']['name']}: {override}"
-    assert seen >= 2  # mine + train
+    assert seen >= 1  # train (mine takes flags, checked against its parser above)
     dockerfile = (DOCKER / "train.Dockerfile").read_text()
     assert "COPY configs/ /opt/clipserve/configs/" in dockerfile
 
