@@ -53,7 +53,10 @@ class ServerConfig:
     max_request_bytes: int = 64 * MiB
     # Inference.
     providers: str = "auto"  # "auto" or comma-separated ONNX Runtime providers
-    intra_op_threads: int | None = None  # ONNX Runtime threads per run; None = its default
+    # ONNX Runtime threads per batch; None = the usable CPUs split between the inference
+    # workers (resolved_intra_op_threads). ORT's own default gives every concurrent batch all
+    # cores: two batches on 2 cores then ran at half the speed of one (docs/benchmarks.md).
+    intra_op_threads: int | None = None
     inference_workers: int = 2  # threads running backend calls concurrently
     grace_s: float = 10.0  # how long a graceful stop lets in-flight calls finish
     health_interval_s: float = 10.0  # period of the backend probe behind the health status
@@ -61,7 +64,10 @@ class ServerConfig:
     # it holds max_batch items, when the next item would pass its budget, or max_batch_wait_us
     # after its oldest item arrived (it only starts waiting once an inference worker is free).
     max_batch_tokens: int = 8192  # text: rows x longest row (padded tokens) per batch
-    max_batch_pixels: int = 64 * 224 * 224  # images: model-input pixels per batch
+    # images: model-input pixels per batch. 16 images at 224 px: on CPU an image batch gains
+    # little beyond that and bigger ones only lengthen the tail (docs/benchmarks.md); raise it
+    # on a GPU (e.g. CLIPSERVE_MAX_BATCH_PIXELS=3211264 for 64 images).
+    max_batch_pixels: int = 16 * 224 * 224
     max_batch_wait_us: int = 2000
     max_queued_items: int = 4096  # items waiting for inference; more = RESOURCE_EXHAUSTED
     # Memory (serving/embedding/budget.py): decoded pixels held at once, all requests together. A
@@ -171,6 +177,13 @@ class ServerConfig:
         return frozenset(keys)
 
     @property
+    def resolved_intra_op_threads(self) -> int:
+        """intra_op_threads, or the usable CPUs divided between the inference workers."""
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        return max(1, usable_cpus() // self.inference_workers)
+
+    @property
     def provider_list(self) -> str | list[str]:
         """`providers` in the form OnnxRuntimeBackend takes: "auto" or a list of names."""
         if self.providers.strip() == "auto":
@@ -230,3 +243,18 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "tls_cert": Path,
     "tls_key": Path,
 }
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)

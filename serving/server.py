@@ -270,7 +270,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qdrant-api-key", help="API key of the Qdrant server")
     p.add_argument("--providers", help="'auto' or comma-separated ONNX Runtime providers")
     p.add_argument("--inference-workers", type=int, help="batches run at once (default 2)")
-    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per batch")
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        help="ONNX Runtime threads per batch (default: CPUs / inference workers)",
+    )
     p.add_argument("--max-batch-wait-us", type=int, help="longest wait for a batch to fill")
     p.add_argument("--max-inflight-pixels", type=int, help="decoded-pixel budget, all requests")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
@@ -337,9 +341,11 @@ async def _serve(config: ServerConfig, port_file: Path | None) -> None:
     server, port = await create_server(config)
     info = _RUNNING[server].service.info()
     log.info(
-        "serving %s version %s (dim %d) on %s:%d | backend %s %s | index %s collection %r",
+        "serving %s version %s (dim %d) on %s:%d | backend %s %s, %d workers x %d threads"
+        " | index %s collection %r",
         info.model_name, info.model_version[:12], info.dim, config.host, port,
-        info.backend, ",".join(info.providers), info.index_kind, info.default_collection,
+        info.backend, ",".join(info.providers), config.inference_workers,
+        config.resolved_intra_op_threads, info.index_kind, info.default_collection,
     )  # fmt: skip
     mport = metrics_port(server)
     if mport is not None:

@@ -488,6 +488,21 @@ def test_config_reads_env_once_and_overrides_win(tmp_path: Path) -> None:
         config.port = 1  # type: ignore[misc]
 
 
+def test_default_onnx_threads_split_the_cpus_between_inference_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import clipserve.serving.config as config_module
+
+    assert 1 <= config_module.usable_cpus() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 8)
+    base = {"bundle": Path("b"), "index_path": Path("i")}
+    assert ServerConfig(**base, inference_workers=2).resolved_intra_op_threads == 4
+    assert ServerConfig(**base, inference_workers=3).resolved_intra_op_threads == 2
+    assert ServerConfig(**base, inference_workers=16).resolved_intra_op_threads == 1
+    explicit = ServerConfig(**base, inference_workers=2, intra_op_threads=8)
+    assert explicit.resolved_intra_op_threads == 8
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -28,6 +28,6 @@ def make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
         config.bundle,
         manifest,
         providers=config.provider_list,
-        intra_op_threads=config.intra_op_threads,
+        intra_op_threads=config.resolved_intra_op_threads,
         variant=config.model_variant,
     )
