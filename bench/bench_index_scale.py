@@ -2,10 +2,13 @@
 
     python bench/bench_index_scale.py [--n 100000] [--dim 512] [--queries 200]
                                       [--variants numpy,exact,hnsw,hnsw_int8]
+                                      [--embeddings FILE.npz]
 
 Data: clustered synthetic unit vectors (1000 Gaussian clusters, fixed seed), as a stand-in for
 real embeddings, which are also clustered; queries are further draws from the same clusters,
-not stored points. Each variant runs in a fresh subprocess so that its resident memory (VmRSS
+not stored points. With `--embeddings` (written by bench/embed_synth.py: a bundle's image
+embeddings of synthetic images, and caption embeddings as queries) the data are real
+embeddings instead, and --n / --dim / --queries come from the file. Each variant runs in a fresh subprocess so that its resident memory (VmRSS
 after the queries, and the peak VmHWM) is its own:
 
     numpy      exact search as one float32 matrix product + argpartition: the reference
@@ -169,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1024, help="points per upsert call")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--embeddings", help="real embeddings (.npz from bench/embed_synth.py)")
     ap.add_argument(
         "--child", nargs=4, metavar=("VARIANT", "DATA", "QUERIES", "WORK"), help=argparse.SUPPRESS
     )
@@ -183,7 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
-        data, queries = make_data(args.n, args.dim, args.queries)
+        if args.embeddings:
+            with np.load(args.embeddings) as f:
+                data, queries = f["data"], f["queries"]
+                kind = (
+                    f"real embeddings of model {str(f['model_version'])[:12]} ({args.embeddings})"
+                )
+            args.n, args.dim, args.queries = data.shape[0], data.shape[1], queries.shape[0]
+        else:
+            data, queries = make_data(args.n, args.dim, args.queries)
+            kind = "clustered unit vectors"
         np.save(f"{tmp}/data.npy", data)
         np.save(f"{tmp}/queries.npy", queries)
         del data
@@ -211,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     truth = results["numpy"]["ids"]
     print(
-        f"Index scale benchmark: {args.n:,} x {args.dim} clustered unit vectors, "
+        f"Index scale benchmark: {args.n:,} x {args.dim} {kind}, "
         f"{args.queries} top-10 queries, upsert calls of {args.batch}; "
         f"{platform.machine()}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}"
     )
