@@ -11,13 +11,16 @@ What it does, in order, on this machine:
    `CLIPModel` of the same ViT-B-32 architecture (bench/make_hf_clip.py, in the peer's venv).
 2. Raw ONNX Runtime: the bundle's towers in this process, at batch 1 and at the server's batch
    size (--server-batch), on the same images and captions: the ceiling a server can reach.
-3. For each server (clipserve `clipserve serve`, then infinity `infinity_emb v2`, both fp32 on
-   CPU, each alone on the machine): a separate load-generator process (`bench_serve.py
-   client`) runs each scenario x concurrency for --duration seconds of issuing: N clients in
-   a closed loop, each sending its next request when the previous one answered. Scenarios:
+3. Starts both servers (clipserve `clipserve serve`, infinity `infinity_emb v2`, both fp32 on
+   CPU) and runs every scenario x concurrency cell on one, then on the other, alternating
+   which goes first; the idle server waits meanwhile, so both are measured at the same
+   minutes of a machine whose speed drifts. Each cell is a separate load-generator process
+   (`bench_serve.py client`) issuing for --duration seconds: N clients in a closed loop, each
+   sending its next request when the previous one answered. Scenarios:
    one image, one caption, 32 images per request. Reported: items/s (items completed / time
    from the first send to the last answer) and request latency p50/p99.
-4. Prints the tables and the ratios (clipserve / raw ORT, clipserve / peer) and writes JSON,
+4. Measures raw ORT again and compares with the mean of both ends.
+5. Prints the tables and the ratios (clipserve / raw ORT, clipserve / peer) and writes JSON,
    a Markdown table and a PNG plot to --workdir.
 
 Both servers get the same JPEG images (640x480, decoded and resized by the server) and the
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -234,13 +239,16 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _load(target: str, addr: str, dim: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _load(
+    target: str, addr: str, dim: int, args: argparse.Namespace, scenario: str, concurrency: int
+) -> list[dict[str, Any]]:
+    """One cell (scenario x concurrency) against one server, from a fresh client process."""
     # The infinity client needs aiohttp, which the peer's venv has (the project's may not).
     python = args.peer_python if target == "infinity" else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "client", "--target", target,
            "--addr", addr, "--dim", str(dim), "--duration", str(args.duration),
            "--max-bulk-concurrency", str(args.max_bulk_concurrency),
-           "--concurrency", *map(str, args.concurrency), "--scenarios", *args.scenarios]  # fmt: skip
+           "--concurrency", str(concurrency), "--scenarios", scenario]  # fmt: skip
     results = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
@@ -300,7 +308,9 @@ def raw_ort(bundle: Path, batch: int, threads: int | None) -> dict[str, float]:
     return out
 
 
-def run_clipserve(bundle: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def clipserve_server(bundle: Path, args: argparse.Namespace, work: Path) -> Iterator[str]:
+    """`clipserve serve` on the bundle, as a subprocess; yields its address."""
     port_file = work / "clipserve.port"
     port_file.unlink(missing_ok=True)
     index = Path(tempfile.mkdtemp(prefix="bench-index-", dir=work))
@@ -315,17 +325,16 @@ def run_clipserve(bundle: Path, args: argparse.Namespace, work: Path) -> list[di
     )  # fmt: skip
     try:
         _wait(port_file.is_file, proc, "clipserve serve")
-        addr = f"127.0.0.1:{port_file.read_text().strip()}"
-        from clipserve.serving.bundle import load_manifest
-
-        return _load("clipserve", addr, load_manifest(bundle).embed_dim, args)
+        yield f"127.0.0.1:{port_file.read_text().strip()}"
     finally:
         _stop(proc)
         log.close()
         shutil.rmtree(index, ignore_errors=True)
 
 
-def run_infinity(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def infinity_server(args: argparse.Namespace, work: Path) -> Iterator[str]:
+    """`infinity_emb v2` on the same architecture, from the peer's venv; yields its address."""
     import open_clip
 
     peer_python = Path(args.peer_python)
@@ -351,7 +360,7 @@ def run_infinity(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
     try:
         _wait(ready, proc, "infinity_emb v2")
-        return _load("infinity", f"127.0.0.1:{port}", 512, args)
+        yield f"127.0.0.1:{port}"
     finally:
         _stop(proc)
         log.close()
@@ -441,10 +450,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()}", flush=True)
     raw = raw_ort(bundle, args.server_batch, args.threads)
     print("raw ORT items/s:", {k: round(v, 1) for k, v in raw.items()}, flush=True)
-    results = [] if args.no_clipserve else run_clipserve(bundle, args, work)
-    (work / "results.json").write_text(json.dumps({"raw_ort": raw, "runs": results}, indent=2))
-    if not args.no_peer:
-        results += run_infinity(args, work)
+    from clipserve.serving.bundle import load_manifest
+
+    dim = load_manifest(bundle).embed_dim
+    results: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        # Both servers stay up (idle while the other is measured) and every cell runs on one,
+        # then the other, in alternating order: both see the machine at the same minutes.
+        servers = []
+        if not args.no_clipserve:
+            servers.append(("clipserve", stack.enter_context(clipserve_server(bundle, args, work))))
+        if not args.no_peer:
+            servers.append(("infinity", stack.enter_context(infinity_server(args, work))))
+        cells = [(sc, c) for sc in args.scenarios for c in args.concurrency]
+        for k, (scenario, c) in enumerate(cells):
+            for target, addr in servers if k % 2 == 0 else servers[::-1]:
+                results += _load(target, addr, dim if target == "clipserve" else 512, args,
+                                 scenario, c)  # fmt: skip
+                (work / "results.json").write_text(
+                    json.dumps({"raw_ort": raw, "runs": results}, indent=2)
+                )
+    raw_after = raw_ort(bundle, args.server_batch, args.threads)
+    print("raw ORT items/s after:", {k: round(v, 1) for k, v in raw_after.items()}, flush=True)
+    raw = {k: (v + raw_after[k]) / 2 for k, v in raw.items()}  # the mean of both ends
     table = report(results, raw, args)
     print("\n" + table)
     (work / "results.json").write_text(json.dumps({"raw_ort": raw, "runs": results}, indent=2))
