@@ -4,6 +4,7 @@ and to hold one batch in flight so that the next requests queue up deterministic
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -22,7 +23,7 @@ from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
 from clipserve.serving.bundle import load_manifest
 from clipserve.serving.config import ServerConfig
-from clipserve.serving.embedding.batcher import text_cost
+from clipserve.serving.embedding.batcher import Batcher, WorkerSlots, text_cost
 from clipserve.serving.embedding.preprocess import decode_image, preprocess
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.server import service_of
@@ -247,3 +248,39 @@ def test_a_full_queue_answers_resource_exhausted(tiny_bundle: Path, tmp_path: Pa
     finally:
         backend.open.set()
         bg.stop()
+
+
+def test_idle_workers_share_the_queue_instead_of_one_taking_it_all() -> None:
+    """With a second worker idle, a batch takes half of what is queued and the other worker
+    runs the rest at the same time; with one worker, one batch takes everything."""
+
+    def run_batches(workers: int, items: int) -> list[int]:
+        sizes: list[int] = []
+        lock = threading.Lock()
+
+        def run(values: list[int]) -> np.ndarray:
+            with lock:
+                sizes.append(len(values))
+            time.sleep(0.05)
+            return np.zeros((len(values), 4), dtype=np.float32)
+
+        async def main() -> None:
+            with ThreadPoolExecutor(workers) as pool:
+                batcher: Batcher[int] = Batcher(
+                    "text", run, lambda vs: len(vs), executor=pool,
+                    workers=WorkerSlots(workers), max_batch=64, budget=1 << 20,
+                    max_wait_s=0.001, max_queued=1000,
+                )  # fmt: skip
+                futures = [batcher.submit(i) for i in range(items)]  # queued before any batch
+                rows = await asyncio.gather(*futures)
+                assert len(rows) == items
+                await batcher.close()
+
+        asyncio.run(main())
+        return sizes
+
+    assert run_batches(1, 8) == [8]
+    assert run_batches(2, 8) == [4, 4]
+    assert run_batches(2, 9) == [5, 4]
+    assert run_batches(3, 9) == [3, 3, 3]
+    assert run_batches(2, 1) == [1]

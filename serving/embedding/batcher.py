@@ -6,7 +6,10 @@ when it holds `max_batch` items, when the next item would take it past `budget` 
 tokens for text, model-input pixels for images: `cost` prices a whole batch), or
 `max_wait_s` after its oldest item arrived. Batches only start forming once an inference
 worker is free, so while the workers are busy the queue fills and the next batch is bigger:
-batch size follows load without a long fixed wait (the Triton / TEI scheme).
+batch size follows load without a long fixed wait (the Triton / TEI scheme). When other
+workers are idle too, a batch takes only its share of what is queued (queued / idle workers,
+rounded up) and closes at once, so the idle workers run the rest in parallel instead of one
+worker running everything while the others wait: on a CPU each worker has its own cores.
 
 Guarantees:
 - An item whose caller was cancelled, or whose deadline passed, is dropped before inference
@@ -53,6 +56,27 @@ class BatchObserver(Protocol):
     def batch_failed(self, modality: str, size: int, exc: BaseException) -> None: ...
 
 
+class WorkerSlots:
+    """How many batches may run at once (over every batcher sharing it), and how many more
+    could start now."""
+
+    def __init__(self, workers: int) -> None:
+        self._sem = asyncio.Semaphore(workers)
+        self._idle = workers
+
+    @property
+    def idle(self) -> int:
+        return self._idle
+
+    async def acquire(self) -> None:
+        await self._sem.acquire()
+        self._idle -= 1
+
+    def release(self) -> None:
+        self._idle += 1
+        self._sem.release()
+
+
 @dataclass
 class _Pending(Generic[Item]):
     value: Item
@@ -74,7 +98,7 @@ class Batcher(Generic[Item]):
         cost: Callable[[Sequence[Item]], int],
         *,
         executor: Executor,
-        workers: asyncio.Semaphore,
+        workers: WorkerSlots,
         max_batch: int,
         budget: int,
         max_wait_s: float,
@@ -156,12 +180,16 @@ class Batcher(Generic[Item]):
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Pending[Item]]:
-        """Take items FIFO until the batch is full, over budget, or its wait is over."""
+        """Take items FIFO until the batch is full, over budget, or its wait is over; with
+        other workers idle, only this batch's share of the queue."""
         batch: list[_Pending[Item]] = []
         values: list[Item] = []
+        limit = self.max_batch
+        if self._workers.idle > 0 and len(self._queue) > 1:
+            limit = min(limit, -(-len(self._queue) // (self._workers.idle + 1)))
         while True:
             now = time.monotonic()
-            while self._queue and len(batch) < self.max_batch:
+            while self._queue and len(batch) < limit:
                 head = self._queue[0]
                 if head.dead(now):
                     self._queue.popleft()
@@ -176,7 +204,7 @@ class Batcher(Generic[Item]):
             self._report_depth()
             if not batch:
                 return batch
-            if len(batch) >= self.max_batch:
+            if len(batch) >= limit:
                 return batch
             remaining = batch[0].enqueued + self.max_wait_s - time.monotonic()
             if remaining <= 0:

@@ -24,7 +24,13 @@ from clipserve.serving.backends.backend import EmbeddingBackend
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.embedding import memory
-from clipserve.serving.embedding.batcher import Batcher, BatchObserver, image_cost_fn, text_cost
+from clipserve.serving.embedding.batcher import (
+    Batcher,
+    BatchObserver,
+    WorkerSlots,
+    image_cost_fn,
+    text_cost,
+)
 from clipserve.serving.embedding.budget import PixelBudget
 from clipserve.serving.embedding.preprocess import (
     DecodePlan,
@@ -123,7 +129,7 @@ class Embedder:
         # Its own thread: texts never wait behind large image decodes.
         self._tokenize_pool = ThreadPoolExecutor(1, "clipserve-tokenize")
         self._infer_pool = ThreadPoolExecutor(config.inference_workers, "clipserve-infer")
-        workers = asyncio.Semaphore(config.inference_workers)
+        workers = WorkerSlots(config.inference_workers)
         common: dict[str, Any] = dict(
             executor=self._infer_pool,
             workers=workers,
