@@ -191,6 +191,26 @@ def export_towers(model: Any, out_dir: Path, image_size: tuple[int, int], opset:
             raise RuntimeError("torch.onnx.export returned no program")
         # One self-contained file per tower (protobuf limit: 2 GiB, enough through ViT-L).
         program.save(str(out_dir / file), external_data=False)
+    fuse_image_tower(out_dir / IMAGE_FILE)
+
+
+def fuse_image_tower(path: Path) -> None:
+    """Rewrite the image tower with ONNX Runtime's offline transformer fusions (bias + GELU,
+    layer norm). ORT's own session-time optimisation does not find these in the exported
+    graph; fused, the ViT-B-32 image tower runs ~20 % faster on one CPU thread
+    (docs/benchmarks.md). The parity check of every export covers the rewritten graph."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "symbolic shape inference ... failed" is expected here
+    try:
+        fused = optimize_model(str(path), model_type="vit", num_heads=0, hidden_size=0, opt_level=0)
+        fused.save_model_to_file(str(path))
+    finally:
+        quiet.setLevel(level)
 
 
 @dataclass(frozen=True)
