@@ -27,6 +27,7 @@ else:  # pragma: no cover - Python 3.10 needs the backport: pip install tomli
     import tomli as tomllib
 
 from clipserve.training.losses.config import LossConfig  # the [loss] section
+from clipserve.training.mining.options import check_mine_options
 
 PATH_FIELDS = {
     ("data", "train"),
@@ -164,14 +165,19 @@ class SamplingConfig:
             raise ValueError(
                 f"unknown sampling.filter {self.filter!r}; known: {', '.join(FILTERS)}."
             )
-        for name in ("remine_every_epochs", "rank_start", "clusters"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sampling.{name} must be 0 or more, got {getattr(self, name)}.")
-        for name in ("rank_window", "negatives", "group_size", "cluster_top"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sampling.{name} must be 1 or more, got {getattr(self, name)}.")
-        if self.negatives > self.rank_window:
-            raise ValueError("sampling.negatives cannot exceed sampling.rank_window.")
+        if self.remine_every_epochs < 0:
+            raise ValueError(
+                f"sampling.remine_every_epochs must be 0 or more, got {self.remine_every_epochs}."
+            )
+        check_mine_options(
+            rank_start=self.rank_start,
+            rank_window=self.rank_window,
+            negatives=self.negatives,
+            group_size=self.group_size,
+            clusters=self.clusters,
+            cluster_top=self.cluster_top,
+            prefix="sampling.",
+        )
         if self.filter == "cluster" and not self.clusters and not self.mined:
             raise ValueError("sampling.filter = 'cluster' needs sampling.clusters > 0.")
 

@@ -35,6 +35,7 @@ from clipserve.training.mining.filters import (
 )
 from clipserve.training.mining.kmeans import kmeans, nearest_centres
 from clipserve.training.mining.neighbours import nearest_neighbours
+from clipserve.training.mining.options import MineConfig
 from clipserve.training.mining.plan import (
     hard_batch_groups,
     rank_window,
@@ -44,43 +45,6 @@ from clipserve.training.sampling.side_inputs import ItemTable
 
 PLAN_FORMAT = "clipserve-batch-plan/1"
 CLUSTERS_FORMAT = "clipserve-clusters/1"
-
-
-@dataclass(frozen=True)
-class MineConfig:
-    """How to mine. Defaults suit data sets of a few thousand items.
-
-    rank_start / rank_window: negatives come from neighbour ranks [p, p + m) (0 = nearest).
-    negatives: kept per anchor after filtering. group_size: items per hard-batch
-    neighbourhood. clusters: k-means centres (0 = none); cluster_top: centre ids per item.
-    """
-
-    rank_start: int = 3
-    rank_window: int = 30
-    negatives: int = 3
-    group_size: int = 16
-    clusters: int = 0
-    cluster_top: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("rank_start", "clusters", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        for name in ("rank_window", "negatives", "group_size", "cluster_top"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.negatives > self.rank_window:
-            raise ValueError(
-                f"negatives ({self.negatives}) cannot exceed rank_window ({self.rank_window})"
-            )
-        if self.clusters and self.cluster_top > self.clusters:
-            raise ValueError(f"cluster_top ({self.cluster_top}) exceeds clusters ({self.clusters})")
-
-    @property
-    def neighbours(self) -> int:
-        """How many neighbours to retrieve per item: enough for the window and the groups."""
-        return max(self.rank_start + self.rank_window, self.group_size)
 
 
 @dataclass
