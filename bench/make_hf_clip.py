@@ -13,7 +13,7 @@ original CLIP vocabulary on the hub was made. Speed does not depend on the weigh
 from __future__ import annotations
 
 import argparse
-import gzip
+import importlib.util
 import json
 import sys
 import tempfile
@@ -22,31 +22,21 @@ from pathlib import Path
 VOCAB_SIZE = 49408
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """open_clip / GPT-2's reversible byte -> printable unicode character table."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+def _tokenizer_export():
+    """clipserve's training/tokenizer_export.py, loaded by path: this script runs in the peer's
+    venv, where clipserve is not installed (the module needs only `tokenizers`)."""
+    path = Path(__file__).resolve().parent.parent / "training" / "tokenizer_export.py"
+    spec = importlib.util.spec_from_file_location("clipserve_tokenizer_export", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def clip_vocab(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
-    with gzip.open(bpe_gz) as f:
-        merges = f.read().decode("utf-8").split("\n")
-    merges = merges[1 : 49152 - 256 - 2 + 1]
-    pairs = [tuple(m.split()) for m in merges]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab += ["".join(p) for p in pairs]
+    """HF CLIP's vocab.json and merges.txt entries: open_clip's vocabulary with HF's names
+    for the two special tokens."""
+    vocab, pairs = _tokenizer_export().clip_bpe(bpe_gz)
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     assert len(vocab) == VOCAB_SIZE, len(vocab)
     return {tok: i for i, tok in enumerate(vocab)}, [" ".join(p) for p in pairs]

@@ -50,6 +50,17 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
+def clip_bpe(path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
+    """open_clip's vocabulary before its two special tokens (256 byte symbols, the same with
+    ``</w>``, then every merge's symbol in rank order) and the merges, from its bpe file."""
+    with gzip.open(path) as f:
+        lines = f.read().decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
+    merges = [tuple(line.split()) for line in lines]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols]
+    return vocab + ["".join(m) for m in merges], merges
+
+
 def build_clip_tokenizer(bpe_path: str | Path | None = None) -> Tokenizer:
     """Return a `tokenizers.Tokenizer` producing the same ids as open_clip's SimpleTokenizer.
 
@@ -57,12 +68,7 @@ def build_clip_tokenizer(bpe_path: str | Path | None = None) -> Tokenizer:
     merges in rank order, then ``<start_of_text>`` (49406) and ``<end_of_text>`` (49407).
     """
     path = Path(bpe_path) if bpe_path is not None else default_bpe_path()
-    with gzip.open(path) as f:
-        lines = f.read().decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
-    merges = [tuple(line.split()) for line in lines]
-    byte_symbols = list(bytes_to_unicode().values())
-    vocab_list = byte_symbols + [s + "</w>" for s in byte_symbols]
-    vocab_list += ["".join(m) for m in merges]
+    vocab_list, merges = clip_bpe(path)
     vocab_list += [SOT_TOKEN, EOT_TOKEN]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     if len(vocab) != len(vocab_list):
