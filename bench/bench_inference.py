@@ -22,21 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import CAPTIONS  # noqa: E402
+
+from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.training.export import export_bundle
 from clipserve.training.model import ModelSpec, create_model
-
-CAPTIONS = [
-    "a photo of a cat",
-    "a red double-decker bus driving down a rainy street",
-    "two people riding bicycles next to a river at sunset",
-    "a plate of pasta with tomato sauce and basil",
-    "an aerial view of a city at night",
-    "a dog catching a frisbee in a park",
-    "close-up of a bee on a yellow flower",
-    "a snowy mountain range under a clear blue sky",
-]
 
 
 def median_ms(fn: Callable[[], object], min_time: float = 1.0, min_runs: int = 5) -> float:
