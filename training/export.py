@@ -24,6 +24,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -199,8 +200,6 @@ def fuse_image_tower(path: Path) -> None:
     layer norm). ORT's own session-time optimisation does not find these in the exported
     graph; fused, the ViT-B-32 image tower runs ~20 % faster on one CPU thread
     (docs/benchmarks.md). The parity check of every export covers the rewritten graph."""
-    import logging
-
     from onnxruntime.transformers.optimizer import optimize_model
 
     quiet = logging.getLogger("onnxruntime.transformers")
