@@ -8,8 +8,9 @@ Data: clustered synthetic unit vectors (1000 Gaussian clusters, fixed seed), as 
 real embeddings, which are also clustered; queries are further draws from the same clusters,
 not stored points. With `--embeddings` (written by bench/embed_synth.py: a bundle's image
 embeddings of synthetic images, and caption embeddings as queries) the data are real
-embeddings instead, and --n / --dim / --queries come from the file. Each variant runs in a fresh subprocess so that its resident memory (VmRSS
-after the queries, and the peak VmHWM) is its own:
+embeddings instead, and --n / --dim / --queries come from the file. Each variant runs in a
+fresh subprocess so that its resident memory (VmRSS after the queries, and the peak VmHWM)
+is its own:
 
     numpy      exact search as one float32 matrix product + argpartition: the reference
     exact      EdgeIndex, exact (brute-force) search
@@ -181,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(run_variant(*args.child, batch=args.batch)))
         return 0
 
+    if args.embeddings and not Path(args.embeddings).is_file():
+        ap.error(
+            f"--embeddings: {args.embeddings} does not exist (write it with bench/embed_synth.py)"
+        )
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
-from clipserve.serving.bundle import load_manifest
+from clipserve.serving.bundle import BundleError, load_manifest
 from clipserve.serving.embedding.preprocess import preprocess
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.training.data.synth import SynthConfig, assign_tuples, draw_tuples, item_rng
@@ -38,10 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-
-    manifest = load_manifest(args.bundle)
+    if args.n < 1 or args.queries < 1 or args.batch < 1:
+        ap.error("--n, --queries and --batch must be at least 1")
+    try:
+        manifest = load_manifest(args.bundle)
+    except BundleError as exc:
+        ap.error(f"--bundle: {exc}")
     backend = OnnxRuntimeBackend(args.bundle, manifest, providers="CPUExecutionProvider")
-    config = SynthConfig(n=args.n, seed=args.seed, n_tuples=None, image_size=manifest.image_size[0])
+    try:  # every tuple of the full product at least once, at the bundle's image size
+        config = SynthConfig(
+            n=args.n, seed=args.seed, n_tuples=None, image_size=manifest.image_size[0]
+        )
+    except ValueError as exc:
+        ap.error(str(exc))
     tuples = draw_tuples(config)
     assignment = assign_tuples(config)
     data = np.empty((args.n, manifest.embed_dim), dtype=np.float32)
