@@ -1,7 +1,7 @@
 """Index at scale: ingest rate, query latency, recall@10 and memory of the embedded engine.
 
     python bench/bench_index_scale.py [--n 100000] [--dim 512] [--queries 200]
-                                      [--variants numpy,exact,hnsw,hnsw_int8]
+                                      [--variants numpy,exact,exact_engine,hnsw,hnsw_int8]
                                       [--embeddings FILE.npz]
 
 Data: clustered synthetic unit vectors (1000 Gaussian clusters, fixed seed), as a stand-in for
@@ -13,7 +13,9 @@ fresh subprocess so that its resident memory (VmRSS after the queries, and the p
 is its own:
 
     numpy      exact search as one float32 matrix product + argpartition: the reference
-    exact      EdgeIndex, exact (brute-force) search
+    exact      EdgeIndex, exact (brute-force) search: BLAS over its matrix copy of the
+               vectors (index/embedded/edge_exact.py), the default for exact searches
+    exact_engine   the same searches left to the engine's own scan (exact_in_memory=False)
     hnsw       EdgeIndex after building the HNSW graph (m 16, ef_construct 100, ef 128)
     hnsw_int8  the same over int8 scalar-quantised vectors, rescored with the originals
 
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
-VARIANTS = ("numpy", "exact", "hnsw", "hnsw_int8")
+VARIANTS = ("numpy", "exact", "exact_engine", "hnsw", "hnsw_int8")
 COLL = "bench"
 
 
@@ -110,7 +112,13 @@ def run_variant(variant: str, data_path: str, query_path: str, work: str, batch:
         settings = CollectionSettings(
             int8_quantization=variant == "hnsw_int8", hnsw_build_threshold=0
         )
-        idx = EdgeIndex(Path(work) / variant, exact=variant == "exact", background_build=False)
+        exact = variant in ("exact", "exact_engine")
+        idx = EdgeIndex(
+            Path(work) / variant,
+            exact=exact,
+            background_build=False,
+            exact_in_memory=variant != "exact_engine",
+        )
         idx.create_collection(COLL, data.shape[1], settings)
         ids = [str(uuid.UUID(int=i + 1)) for i in range(len(data))]
         raw = (
@@ -138,7 +146,7 @@ def run_variant(variant: str, data_path: str, query_path: str, work: str, batch:
         if raw is not None:
             out["engine_pps"] = len(data) / raw_s
             raw.close()
-        if variant != "exact":
+        if not exact:
             start = time.perf_counter()
             idx.optimize(COLL)
             out["build_s"] = time.perf_counter() - start

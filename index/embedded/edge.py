@@ -22,7 +22,10 @@ creating, dropping and closing collections. `close()` expects in-flight calls to
 
 Search is exact or HNSW per segment: segments under `full_scan_threshold` KB, and segments not
 yet indexed, are scanned in full. The graph is built by `optimize(name)`, or in the background
-once `hnsw_build_threshold` points have been written (see `edge_builder`).
+once `hnsw_build_threshold` points have been written (see `edge_builder`). An exact search
+(`exact=True`, per call or for the whole index) is answered from a matrix copy of the
+collection's vectors through BLAS unless it filters on payload (see `edge_exact`): the engine's
+own scan is several times slower.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from clipserve.index.base import (
 from clipserve.index.collections import creation_provenance
 from clipserve.index.embedded.edge_builder import BuildTrigger
 from clipserve.index.embedded.edge_collection import EdgeCollection
+from clipserve.index.embedded.edge_exact import ExactMatrix, id_conditions, load_matrix
 from clipserve.index.embedded.edge_filters import edge_filter
 from clipserve.index.embedded.edge_meta import (
     EdgeMeta,
@@ -92,6 +96,9 @@ class EdgeIndex:
             machine until `flush(name)`; bulk ingest flushes once per checkpoint this way.
         background_build: build HNSW graphs on a background thread past each collection's
             `hnsw_build_threshold`; False leaves it to `optimize()`.
+        exact_in_memory: answer exact searches from a float32 matrix copy of the vectors
+            (`edge_exact`, 4 x dim bytes per point more, only for collections searched
+            exactly); False leaves every search to the engine.
     """
 
     kind = "qdrant-edge"  # reported by the server's Info
@@ -104,6 +111,7 @@ class EdgeIndex:
         batch_size: int = 256,
         fsync: bool = True,
         background_build: bool = True,
+        exact_in_memory: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -115,6 +123,7 @@ class EdgeIndex:
         self._batch_size = batch_size
         self._fsync = fsync
         self._background_build = background_build
+        self._exact_in_memory = exact_in_memory
         self._lock = threading.RLock()
         self._open: dict[str, EdgeCollection] = {}
         self._aliases = AliasTable(self._root)
@@ -231,14 +240,26 @@ class EdgeIndex:
         ids = [canonical_id(p.id) for p in points]
         if not ids:
             return
+        matrix = as_matrix([p.vector for p in points], coll.dim)
         # Plain lists cross into the engine faster than numpy rows (measured: ~1.4x).
-        rows = as_matrix([p.vector for p in points], coll.dim).tolist()
+        rows = matrix.tolist()
         payloads = [dict(p.payload) for p in points]
         with coll.write_lock, coll.using() as shard:
-            for start in range(0, len(ids), self._batch_size):
-                end = start + self._batch_size
-                batch = zip(ids[start:end], rows[start:end], payloads[start:end], strict=True)
-                shard.update(qe.UpdateOperation.upsert_points([qe.Point(*b) for b in batch]))
+            with coll.exact_writing():
+                try:
+                    for start in range(0, len(ids), self._batch_size):
+                        end = start + self._batch_size
+                        batch = zip(
+                            ids[start:end], rows[start:end], payloads[start:end], strict=True
+                        )
+                        shard.update(
+                            qe.UpdateOperation.upsert_points([qe.Point(*b) for b in batch])
+                        )
+                except BaseException:
+                    coll.retire_exact()  # part of the call may be in
+                    raise
+                if coll.exact_matrix is not None:
+                    coll.exact_matrix.put(ids, matrix)
             if self._fsync:
                 shard.flush()
             coll.note_ids(ids)
@@ -252,8 +273,19 @@ class EdgeIndex:
         coll = self._get(name)
         if flt is None:  # cannot happen: delete_filter always returns a condition
             return
+        by_ids_only = filter is None or filter.is_empty()
         with coll.write_lock, coll.using() as shard:
-            shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+            with coll.exact_writing():
+                try:
+                    shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                except BaseException:
+                    coll.retire_exact()
+                    raise
+                if coll.exact_matrix is not None:
+                    if by_ids_only and ids is not None:
+                        coll.exact_matrix.delete([canonical_id(i) for i in ids])
+                    else:  # which points a payload filter hit is known only to the engine
+                        coll.retire_exact()
             if self._fsync:
                 shard.flush()
             coll.note_filter(flt)
@@ -312,6 +344,13 @@ class EdgeIndex:
     ) -> list[Hit]:
         coll = self._get(name)
         check_search_args(top_k, offset, score_threshold)
+        if (exact or self._exact) and self._exact_in_memory:
+            by_id = id_conditions(filter)
+            if by_id is not None:  # no payload condition: BLAS over the matrix copy
+                query = as_vector(vector, coll.dim)
+                return self._search_matrix(
+                    coll, query, top_k, offset, score_threshold, with_vectors, *by_id
+                )
         request = qe.QueryRequest(
             limit=top_k,
             offset=offset,
@@ -387,6 +426,45 @@ class EdgeIndex:
         self.close()
 
     # --- internals ---
+
+    def _search_matrix(
+        self,
+        coll: EdgeCollection,
+        query: np.ndarray,
+        top_k: int,
+        offset: int,
+        score_threshold: float | None,
+        with_vectors: bool,
+        keep: set[str] | None,
+        drop: set[str],
+    ) -> list[Hit]:
+        while True:
+            matrix = coll.exact_matrix or self._load_matrix(coll)
+            with matrix.reading():  # no write between scoring and reading the payloads
+                found = matrix.search(query, offset + top_k, keep, drop, score_threshold)
+                if found is None:  # retired by a write meanwhile
+                    continue
+                found = found[offset:]
+                if not found:
+                    return []
+                with coll.using() as shard:
+                    records = shard.retrieve(
+                        [pid for pid, _ in found], with_payload=True, with_vector=with_vectors
+                    )
+            points = {p.id: p for p in (to_point(r) for r in records)}
+            return [
+                Hit(pid, score, points[pid].payload, points[pid].vector if with_vectors else None)
+                for pid, score in found
+                if pid in points  # always, as writes hold off reads; never a KeyError
+            ]
+
+    def _load_matrix(self, coll: EdgeCollection) -> ExactMatrix:
+        with coll.write_lock:  # no write may land between reading the shard and going live
+            if coll.exact_matrix is None:
+                with coll.using() as shard:
+                    count = int(shard.count(qe.CountRequest(exact=True)))
+                    coll.exact_matrix = load_matrix(shard, coll.dim, count)
+            return coll.exact_matrix
 
     def _check_open(self) -> None:
         if self._closed:

@@ -15,6 +15,7 @@ notes what it touched in `journal`, which the rebuild replays onto the new shard
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import qdrant_edge as qe
 
 from clipserve.index.embedded.edge_builder import BuildTrigger
+from clipserve.index.embedded.edge_exact import ExactMatrix
 from clipserve.index.embedded.edge_meta import EdgeMeta
 
 # int8 search: fetch this many times the candidates asked for, rescore them with the full
@@ -57,6 +59,21 @@ class EdgeCollection:
         self._cv = threading.Condition()
         self._live = _Live(shard)
         self.builder: BuildTrigger | None = None  # set by the index
+        # The vectors as one matrix for exact search, loaded on the first one (edge_exact);
+        # replaced and dropped under write_lock.
+        self.exact_matrix: ExactMatrix | None = None
+
+    def exact_writing(self) -> contextlib.AbstractContextManager[None]:
+        """Wrap a write (caller holds write_lock) so exact searches see it wholly or not."""
+        m = self.exact_matrix
+        return m.writing() if m is not None else contextlib.nullcontext()
+
+    def retire_exact(self) -> None:
+        """Inside `exact_writing()`: the matrix can no longer follow the shard; the next exact
+        search loads a new one."""
+        if self.exact_matrix is not None:
+            self.exact_matrix.retired = True
+            self.exact_matrix = None
 
     def search_params(self, exact: bool) -> qe.SearchParams:
         s = self.meta.settings
