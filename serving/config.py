@@ -57,7 +57,7 @@ class ServerConfig:
     # workers (resolved_intra_op_threads). ORT's own default gives every concurrent batch all
     # cores: two batches on 2 cores then ran at half the speed of one (docs/benchmarks.md).
     intra_op_threads: int | None = None
-    inference_workers: int = 2  # threads running backend calls concurrently
+    inference_workers: int = 2  # threads running backend calls concurrently (not for Triton)
     grace_s: float = 10.0  # how long a graceful stop lets in-flight calls finish
     health_interval_s: float = 10.0  # period of the backend probe behind the health status
     # Dynamic batching across requests (serving/embedding/batcher.py), per modality. A batch closes when
@@ -86,6 +86,10 @@ class ServerConfig:
     # Backend (serving/backends/backend_factory.py): in-process ONNX Runtime or a Triton server.
     backend: str = "onnxruntime"  # "onnxruntime" | "triton"
     triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint (backend "triton")
+    # Batches in flight to Triton at once, both towers together (in place of
+    # inference_workers, which bounds local threads): a remote call holds no thread, and
+    # Triton's dynamic batcher and instances want several requests queued to merge and overlap.
+    triton_max_inflight: int = 4
     model_variant: str = "default"  # bundle variant: "default" (fp32) | "fp16" | "int8"
 
     def __post_init__(self) -> None:
@@ -122,6 +126,7 @@ class ServerConfig:
             "max_queued_items",
             "max_inflight_pixels",
             "decode_workers",
+            "triton_max_inflight",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -238,6 +243,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "max_inflight_pixels": int,
     "admission_wait_s": float,
     "decode_workers": int,
+    "triton_max_inflight": int,
     "metrics_port": int,
     "api_key_file": Path,
     "tls_cert": Path,

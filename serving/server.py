@@ -289,6 +289,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnxruntime", "triton"), help="default onnxruntime")
     p.add_argument("--triton-url", help="Triton gRPC HOST:PORT (with --backend triton)")
     p.add_argument(
+        "--triton-max-inflight",
+        type=int,
+        help="batches in flight to Triton at once, both towers together (with --backend "
+        f"triton, in place of --inference-workers; default {d['triton_max_inflight'].default})",
+    )
+    p.add_argument(
         "--model-variant", choices=("default", "fp16", "int8"), help="bundle variant to serve"
     )
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
@@ -327,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grace_s=args.grace_s,
         backend=args.backend,
         triton_url=args.triton_url,
+        triton_max_inflight=args.triton_max_inflight,
         model_variant=args.model_variant,
     )  # ValueError -> the CLI prints it as a user error
     try:
@@ -339,13 +346,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(config: ServerConfig, port_file: Path | None) -> None:
     server, port = await create_server(config)
-    info = _RUNNING[server].service.info()
+    service = _RUNNING[server].service
+    info = service.info()
+    if config.backend == "triton":
+        inference = f"up to {service.embedder.inference_slots} batches in flight"
+    else:
+        inference = (
+            f"{service.embedder.inference_slots} workers x "
+            f"{config.resolved_intra_op_threads} threads"
+        )
     log.info(
-        "serving %s version %s (dim %d) on %s:%d | backend %s %s, %d workers x %d threads"
-        " | index %s collection %r",
+        "serving %s version %s (dim %d) on %s:%d | backend %s %s, %s | index %s collection %r",
         info.model_name, info.model_version[:12], info.dim, config.host, port,
-        info.backend, ",".join(info.providers), config.inference_workers,
-        config.resolved_intra_op_threads, info.index_kind, info.default_collection,
+        info.backend, ",".join(info.providers), inference, info.index_kind,
+        info.default_collection,
     )  # fmt: skip
     mport = metrics_port(server)
     if mport is not None:

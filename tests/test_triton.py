@@ -3,13 +3,16 @@
 That tritonserver has the python backend but not the onnxruntime one, so the repository used
 here is `clipserve triton-repo --python-backend`: the same model.onnx files, run by ONNX
 Runtime inside python-backend models. Everything between clipserve and Triton is the real
-production path (tritonclient gRPC, dynamic batching, config checks). The onnxruntime_onnx
-repository, the one a GPU deployment uses, is checked against Triton's own ModelConfig schema.
-One tritonserver serves the whole module.
+production path (tritonclient's asyncio gRPC client on the serving loop, dynamic batching,
+config checks). The onnxruntime_onnx repository, the one a GPU deployment uses, is checked
+against Triton's own ModelConfig schema. One tritonserver serves the module; the test that
+stops Triton mid-serving runs its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import io
 import os
@@ -17,7 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -36,7 +42,8 @@ from clipserve.serving.client import ClipServeClient
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.embedding.preprocess import decode_for_model
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
-from clipserve.serving.server import StartupError
+from clipserve.serving.errors import BackendUnavailable
+from clipserve.serving.server import StartupError, service_of
 
 triton = pytest.importorskip("tritonclient.grpc", reason="pip install 'clipserve[triton]'")
 from tritonclient.grpc import model_config_pb2  # noqa: E402
@@ -60,12 +67,17 @@ TEXTS = ["a photo of a cat", "a red double-decker bus driving down a rainy stree
 
 
 @pytest.fixture(scope="module")
-def triton_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+def triton_repo(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("triton") / "repo"
     args = ["--bundle", str(tiny_bundle), "--out", str(repo), "--python-backend",
             "--max-batch", str(TRITON_MAX_BATCH), "--instances", "1", "--intra-op-threads", "1"]  # fmt: skip
     assert triton_repo_main(args) == 0
-    server = TritonServer(repo, [IMAGE_MODEL, TEXT_MODEL])
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton_server(triton_repo: Path):
+    server = TritonServer(triton_repo, [IMAGE_MODEL, TEXT_MODEL])
     try:
         server.wait_ready()
         yield server
@@ -141,6 +153,31 @@ def test_triton_backend_matches_in_process_onnxruntime(
         tok = ClipTokenizer.from_bundle(tiny_bundle, m)
         ids = tok.pad(tok.encode(TEXTS))
         np.testing.assert_allclose(backend.embed_texts(ids), reference.embed_texts(ids), atol=ATOL)
+
+        async def serving_path() -> tuple[np.ndarray, np.ndarray]:
+            try:  # the 20 images go as 8+8+4, at once
+                images = await backend.embed_images_async(pixels)
+                return images, await backend.embed_texts_async(ids)
+            finally:
+                await backend.aclose()
+
+        images, texts = asyncio.run(serving_path())
+        np.testing.assert_allclose(images, reference.embed_images(pixels), atol=ATOL)
+        np.testing.assert_allclose(texts, reference.embed_texts(ids), atol=ATOL)
+        with pytest.raises(ValueError, match="int64"):
+            asyncio.run(backend.embed_texts_async(ids.astype(np.int32)))
+
+        async def past_timeout() -> np.ndarray:
+            backend.timeout_s = 1e-6  # the per-call timeout: a call that outlives it fails
+            try:
+                return await backend.embed_texts_async(ids)
+            finally:
+                await backend.aclose()
+
+        with pytest.raises(
+            BackendUnavailable, match=f"Triton at {triton_server.url}.*(?i:deadline)"
+        ):
+            asyncio.run(past_timeout())
     finally:
         backend.close()
 
@@ -165,7 +202,7 @@ def test_clipserve_serve_backend_triton_end_to_end(
     proc = subprocess.Popen(
         [sys.executable, "-m", "clipserve.cli.main", "serve", "--bundle", str(tiny_bundle),
          "--port", "0", "--port-file", str(port_file), "--index-path", str(tmp_path / "index"),
-         "--backend", "triton", "--triton-url", triton_server.url],
+         "--backend", "triton", "--triton-url", triton_server.url, "--triton-max-inflight", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )  # fmt: skip
@@ -191,6 +228,7 @@ def test_clipserve_serve_backend_triton_end_to_end(
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out
+    assert "backend triton triton:python, up to 3 batches in flight" in out, out
 
 
 def test_triton_down_at_startup_is_a_clear_error(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -224,3 +262,140 @@ def test_model_unloaded_while_serving_is_unavailable(
         assert bg.client.embed_texts(["after"]).shape == (1, 128)  # back without a restart
     finally:
         bg.stop()
+
+
+class InflightGate:
+    """Test double around the real `TritonBackend`: each async call waits (up to 30 s) until
+    `target` calls are in flight at once, then goes on to Triton; `peak` is the most ever in
+    flight. The sync methods (the health probe) pass straight through."""
+
+    def __init__(self, real: Any, target: int) -> None:
+        self.real, self.info, self.target = real, real.info, target
+        self.in_flight = self.peak = 0
+        self._full: asyncio.Event | None = None  # made on the serving loop, on first use
+
+    async def _through(self, call: Callable[[np.ndarray], Awaitable[np.ndarray]], x: np.ndarray):
+        if self._full is None:
+            self._full = asyncio.Event()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        if self.in_flight >= self.target:
+            self._full.set()
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), 30)
+            return await call(x)
+        finally:
+            self.in_flight -= 1
+
+    async def embed_texts_async(self, input_ids: np.ndarray) -> np.ndarray:
+        return await self._through(self.real.embed_texts_async, input_ids)
+
+    async def embed_images_async(self, pixel_values: np.ndarray) -> np.ndarray:
+        return await self._through(self.real.embed_images_async, pixel_values)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+    def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.real.embed_texts(input_ids)
+
+    def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.real.embed_images(pixel_values)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def _text_requests(admin: Any) -> int:
+    stats = admin.get_inference_statistics(TEXT_MODEL, as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def test_more_batches_in_flight_to_triton_than_inference_workers(
+    triton_server: TritonServer, tiny_bundle: Path, reference: OnnxRuntimeBackend, tmp_path: Path
+) -> None:
+    """One inference worker, --triton-max-inflight 4: four batches are in flight to Triton
+    at once (a thread per call, as before, would hold them to one), never a fifth."""
+    from clipserve.serving.backends.triton_backend import TritonBackend
+
+    gate = InflightGate(TritonBackend(triton_server.url, reference.manifest), target=4)
+    config = ServerConfig(
+        bundle=tiny_bundle, port=0, index_path=tmp_path / "i", backend="triton",
+        triton_url=triton_server.url, inference_workers=1, triton_max_inflight=4,
+        max_batch=1, health_interval_s=3600,  # max_batch 1: every request is its own batch
+    )  # fmt: skip
+    bg = BackgroundServer(config, backend=gate)
+    admin = triton.InferenceServerClient(triton_server.url)
+    texts = [f"caption number {i}" for i in range(8)]
+    try:
+        assert service_of(bg.server).embedder.inference_slots == 4
+        before = _text_requests(admin)
+        with ThreadPoolExecutor(len(texts)) as pool:
+            rows = list(pool.map(lambda t: bg.client.embed_texts([t])[0], texts))
+        assert gate.peak == 4
+        assert _text_requests(admin) - before == len(texts)  # each went to Triton on its own
+        tok = ClipTokenizer.from_bundle(tiny_bundle, reference.manifest)
+        want = np.stack([reference.embed_texts(tok.pad(tok.encode([t])))[0] for t in texts])
+        np.testing.assert_allclose(np.stack(rows), want, atol=ATOL)
+    finally:
+        admin.close()
+        bg.stop()
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.5)
+
+
+def test_triton_going_away_is_unavailable_and_the_server_serves_on(
+    triton_repo: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Triton stops while clipserve serves: embeds get UNAVAILABLE naming Triton, readiness
+    goes NOT_SERVING, everything that does not need the towers (Info, liveness, queries by
+    vector) keeps working, and once Triton is back on its address embeds work again
+    without restarting clipserve."""
+    models = [IMAGE_MODEL, TEXT_MODEL]
+    first = TritonServer(triton_repo, models)
+    second: TritonServer | None = None
+    bg: BackgroundServer | None = None
+    try:
+        first.wait_ready()
+        config = ServerConfig(bundle=tiny_bundle, port=0, index_path=tmp_path / "i",
+                              backend="triton", triton_url=first.url, health_interval_s=1)  # fmt: skip
+        bg = BackgroundServer(config)
+        client = bg.client
+        (point,) = client.upsert([(IMAGES[0], {"source": "before"})])
+        vector = client.embed_images(IMAGES[:1])[0]
+
+        first.stop()  # SIGTERM: Triton unloads its models and exits
+        for call in (lambda: client.embed_texts(["gone"]), lambda: client.embed_images(IMAGES)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"Triton at {first.url}" in (err.value.details() or "")
+        hits = client.query(vector=vector, top_k=1)
+        assert [h.id for h in hits] == [point]
+        assert client.info().backend == "triton"
+        assert client.health("liveness") == "SERVING"
+        _eventually(lambda: client.health() == "NOT_SERVING", "readiness NOT_SERVING")
+
+        second = TritonServer(triton_repo, models, port=first.port)
+        second.wait_ready()
+
+        def embeds() -> bool:
+            with contextlib.suppress(grpc.RpcError):
+                return client.embed_texts(["back"]).shape == (1, 128)
+            return False
+
+        _eventually(embeds, "embeds work again")
+        np.testing.assert_allclose(client.embed_images(IMAGES[:1])[0], vector, atol=ATOL)
+        _eventually(lambda: client.health() == "SERVING", "readiness SERVING again")
+    finally:
+        if bg is not None:
+            bg.stop()
+        for server in (first, second):
+            if server is not None:
+                server.stop()

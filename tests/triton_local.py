@@ -59,9 +59,12 @@ def free_port() -> int:
 
 
 class TritonServer:
-    """`tritonserver` on 127.0.0.1 (gRPC only) serving `repository`, models loaded explicitly."""
+    """`tritonserver` on 127.0.0.1 (gRPC only) serving `repository`, models loaded explicitly;
+    on `port`, or a free one (a restart passes the port of the server it replaces)."""
 
-    def __init__(self, repository: Path, models: list[str], env: Path = ENV_DIR) -> None:
+    def __init__(
+        self, repository: Path, models: list[str], env: Path = ENV_DIR, port: int | None = None
+    ) -> None:
         self.env = ensure_env(env)
         site = _site_packages(self.env)
         dist = site / "pytriton" / "tritonserver"
@@ -74,7 +77,7 @@ class TritonServer:
         if not stub.is_file():
             raise RuntimeError(f"nvidia-pytriton has no python backend stub for Python {version}")
         shutil.copy(stub, backends / "python" / "triton_python_backend_stub")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = self.workspace / "tritonserver.log"
         libs = [str(site / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]

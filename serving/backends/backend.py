@@ -4,12 +4,18 @@ Implementations: `OnnxRuntimeBackend` (serving/backends/onnx_backend.py; CPU, CU
 providers) and `TritonBackend` (serving/backends/triton_backend.py; a Triton Inference Server over
 gRPC); `make_backend` (serving/backends/backend_factory.py) builds the one a `ServerConfig` names. Inputs arrive already
 preprocessed: pixel arrays and token ids, so every backend computes exactly the same function.
+
+Every backend has the synchronous methods (the embedding path runs them on its inference
+worker threads). A backend whose work happens elsewhere (Triton: a remote call) may also have
+the `AsyncEmbeddingBackend` methods; `is_async_backend` tells, and the embedding path then
+awaits them on the event loop instead, so batches in flight are not bounded by local threads.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
@@ -40,3 +46,27 @@ class EmbeddingBackend(Protocol):
         """input_ids int64 [N,L], L <= context_length, zero-padded after EOT -> float32 [N,D]."""
 
     def close(self) -> None: ...
+
+
+class AsyncEmbeddingBackend(EmbeddingBackend, Protocol):
+    """An `EmbeddingBackend` that can also be awaited. The async methods belong to one event
+    loop (the serving loop): call them, and `aclose()`, only there. Same shapes, same errors
+    as the sync methods."""
+
+    async def embed_images_async(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values float32 [N,3,H,W] (normalised) -> float32 [N,D], rows L2-normalised."""
+
+    async def embed_texts_async(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids int64 [N,L], L <= context_length, zero-padded after EOT -> float32 [N,D]."""
+
+    async def aclose(self) -> None:
+        """Release what belongs to the loop (e.g. an asyncio gRPC channel); `close()` still
+        releases the rest."""
+
+
+_ASYNC_METHODS = ("embed_images_async", "embed_texts_async", "aclose")
+
+
+def is_async_backend(backend: object) -> TypeGuard[AsyncEmbeddingBackend]:
+    """Whether `backend` has the async interface: all three methods, as coroutine functions."""
+    return all(inspect.iscoroutinefunction(getattr(backend, name, None)) for name in _ASYNC_METHODS)

@@ -1,20 +1,24 @@
 """`Batcher`: dynamic batching across requests, one per modality.
 
 Items (already validated and preprocessed: token ids, or a [3,H,W] pixel array) join a FIFO
-queue; a loop forms batches and runs them on the shared inference workers. A batch closes
-when it holds `max_batch` items, when the next item would take it past `budget` (padded
-tokens for text, model-input pixels for images: `cost` prices a whole batch), or
-`max_wait_s` after its oldest item arrived. Batches only start forming once an inference
-worker is free, so while the workers are busy the queue fills and the next batch is bigger:
-batch size follows load without a long fixed wait (the Triton / TEI scheme). When other
-workers are idle too, a batch takes only its share of what is queued (queued / idle workers,
-rounded up) and closes at once, so the idle workers run the rest in parallel instead of one
-worker running everything while the others wait: on a CPU each worker has its own cores.
+queue; a loop forms batches and runs them in the shared inference slots (`WorkerSlots`): a
+slot is an inference worker thread for a sync backend, or a batch in flight, awaited on the
+event loop, for an async one (Triton). A batch closes when it holds `max_batch` items, when
+the next item would take it past `budget` (padded tokens for text, model-input pixels for
+images: `cost` prices a whole batch), or `max_wait_s` after its oldest item arrived. Batches
+only start forming once a slot is free, so while all are busy the queue fills and the next
+batch is bigger: batch size follows load without a long fixed wait (the Triton / TEI
+scheme). When other slots are idle too, a batch takes only its share of what is queued
+(queued / idle slots, rounded up) and closes at once, so the idle slots run the rest in
+parallel instead of one running everything while the others wait: on a CPU each worker has
+its own cores; Triton spreads them over its instances.
 
 Guarantees:
 - An item whose caller was cancelled, or whose deadline passed, is dropped before inference
   (its future is cancelled / failed with DeadlineExceeded); it never reaches the backend.
 - A backend failure fails only the items of that batch, with the backend's exception.
+- A batch that started runs to its end (sync or async alike): cancelling its callers only
+  discards their rows.
 - The queue is bounded: `submit` raises Overloaded (RESOURCE_EXHAUSTED) when it is full.
 """
 
@@ -25,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -58,7 +62,8 @@ class BatchObserver(Protocol):
 
 class WorkerSlots:
     """How many batches may run at once (over every batcher sharing it), and how many more
-    could start now."""
+    could start now: inference worker threads for a sync backend, batches in flight for an
+    async one."""
 
     def __init__(self, workers: int) -> None:
         self._sem = asyncio.Semaphore(workers)
@@ -94,21 +99,27 @@ class Batcher(Generic[Item]):
     def __init__(
         self,
         modality: str,
-        run: Callable[[list[Item]], np.ndarray],
+        run: Callable[[list[Item]], np.ndarray] | None,
         cost: Callable[[Sequence[Item]], int],
         *,
-        executor: Executor,
+        executor: Executor | None,
         workers: WorkerSlots,
         max_batch: int,
         budget: int,
         max_wait_s: float,
         max_queued: int,
         observer: BatchObserver | None = None,
+        run_async: Callable[[list[Item]], Awaitable[np.ndarray]] | None = None,
     ) -> None:
         """`run(values) -> float32 [len(values), D]` runs on `executor` (blocking is fine);
-        `workers` bounds batches in flight over every batcher sharing it."""
+        or, given `run_async` instead (with `run` and `executor` None), batches await
+        `run_async(values)` on the loop (it must not block). `workers` bounds batches in
+        flight over every batcher sharing it."""
+        if (run_async is None) == (run is None) or (run is None) != (executor is None):
+            raise ValueError("give run and executor, or run_async alone")
         self.modality = modality
         self._run = run
+        self._run_async = run_async
         self._cost = cost
         self._executor = executor
         self._workers = workers
@@ -227,9 +238,13 @@ class Batcher(Generic[Item]):
             if self._observer is not None:
                 self._observer.batch_started(self.modality, id(batch))
             try:
-                out = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run, values
-                )
+                if self._run_async is not None:
+                    out = await self._run_async(values)
+                else:
+                    assert self._run is not None
+                    out = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._run, values
+                    )
                 if out.shape[0] != len(live):
                     raise RuntimeError(f"backend returned {out.shape[0]} rows for {len(live)}")
             except Exception as exc:

@@ -5,7 +5,9 @@ Per request: every image header is parsed and checked, and every text tokenized 
 item rejects its own request only and never reaches a batch. Images are then decoded one by
 one under the global pixel budget (`budget.PixelBudget`), shrunk to the model input at once,
 and queued; texts are queued as token ids. Cross-request batching happens in the two
-`Batcher`s, which share the inference workers.
+`Batcher`s, which share the inference slots: `inference_workers` threads calling a sync
+backend, or, for an async backend (Triton), up to `triton_max_inflight` batches awaited on
+the event loop at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipserve.serving.backends.backend import EmbeddingBackend
+from clipserve.serving.backends.backend import (
+    AsyncEmbeddingBackend,
+    EmbeddingBackend,
+    is_async_backend,
+)
 from clipserve.serving.bundle import Manifest
 from clipserve.serving.config import ServerConfig
 from clipserve.serving.embedding import memory
@@ -92,7 +98,8 @@ def input_label(i: int) -> str:
 
 
 class Embedder:
-    """Owns the decode threads, inference threads, the pixel budget and the two batchers."""
+    """Owns the decode threads, inference threads, the pixel budget and the two batchers;
+    `close()` also closes the async side of an async backend (its loop-bound client)."""
 
     def __init__(
         self,
@@ -128,22 +135,32 @@ class Embedder:
         self._decode_pool = ThreadPoolExecutor(config.decode_workers, "clipserve-decode")
         # Its own thread: texts never wait behind large image decodes.
         self._tokenize_pool = ThreadPoolExecutor(1, "clipserve-tokenize")
-        self._infer_pool = ThreadPoolExecutor(config.inference_workers, "clipserve-infer")
-        workers = WorkerSlots(config.inference_workers)
+        # An async backend's batch in flight holds no thread: it is awaited on the loop, up to
+        # triton_max_inflight at once; a sync backend's runs on one of inference_workers.
+        self._async_backend: AsyncEmbeddingBackend | None = (
+            backend if is_async_backend(backend) else None
+        )
+        sync = self._async_backend is None
+        self._infer_pool = (
+            ThreadPoolExecutor(config.inference_workers, "clipserve-infer") if sync else None
+        )
         common: dict[str, Any] = dict(
             executor=self._infer_pool,
-            workers=workers,
+            workers=WorkerSlots(self.inference_slots),  # shared: both modalities together
             max_batch=config.max_batch,
             max_wait_s=config.max_batch_wait_us / 1e6,
             max_queued=config.max_queued_items,
             observer=observer,
         )
         self.text: Batcher[list[int]] = Batcher(
-            "text", self._run_texts, text_cost, budget=config.max_batch_tokens, **common
-        )
+            "text", self._run_texts if sync else None, text_cost,
+            run_async=None if sync else self._run_texts_async,
+            budget=config.max_batch_tokens, **common,
+        )  # fmt: skip
         self.image: Batcher[np.ndarray] = Batcher(
-            "image", self._run_images, image_cost_fn(h * w), budget=config.max_batch_pixels,
-            **common,
+            "image", self._run_images if sync else None, image_cost_fn(h * w),
+            run_async=None if sync else self._run_images_async,
+            budget=config.max_batch_pixels, **common,
         )  # fmt: skip
 
     async def embed(
@@ -200,14 +217,27 @@ class Embedder:
             out, tuple(c.kind for c in contents), m.version, tuple(tokens), tuple(original)
         )
 
+    @property
+    def inference_slots(self) -> int:
+        """Batches that may run at once: worker threads, or batches in flight to an async
+        backend."""
+        if self._async_backend is not None:
+            return self.config.triton_max_inflight
+        return self.config.inference_workers
+
     async def close(self) -> None:
+        """On the loop: stop the batchers (batches in flight finish), then close the async
+        backend's loop-bound side; the backend's `close()` stays with its owner."""
         await self.text.close()
         await self.image.close()
+        if self._async_backend is not None:
+            await self._async_backend.aclose()
 
     def shutdown_threads(self) -> None:
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
         self._tokenize_pool.shutdown(wait=True, cancel_futures=True)
-        self._infer_pool.shutdown(wait=True, cancel_futures=True)
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- images -----------------------------------------------------------------------------------
 
@@ -299,6 +329,10 @@ class Embedder:
     def _run_images(self, rows: list[np.ndarray]) -> np.ndarray:
         return self.backend.embed_images(np.stack(rows))
 
+    async def _run_images_async(self, rows: list[np.ndarray]) -> np.ndarray:
+        assert self._async_backend is not None
+        return await self._async_backend.embed_images_async(np.stack(rows))
+
     # -- texts ------------------------------------------------------------------------------------
 
     def _tokenize(
@@ -326,3 +360,7 @@ class Embedder:
 
     def _run_texts(self, rows: list[list[int]]) -> np.ndarray:
         return self.backend.embed_texts(self.tokenizer.pad(rows))
+
+    async def _run_texts_async(self, rows: list[list[int]]) -> np.ndarray:
+        assert self._async_backend is not None
+        return await self._async_backend.embed_texts_async(self.tokenizer.pad(rows))
