@@ -100,6 +100,7 @@ class LocalTarget:
         return int(self._call(self.service.count(self.collection)))
 
     def close(self) -> None:
+        self._call(self.embedder.aclose())  # stop the batchers on their own loop first
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self.service.close()
