@@ -69,7 +69,8 @@ def test_csv_manifest(images_dir: Path) -> None:
         "images/red.png,a red square,colour=red,x\n"
         'images/blue.png,"a blue, square",,y\n'
     )
-    recs = read_manifest(path)
+    with pytest.warns(UserWarning, match="unknown key.*'extra'"):
+        recs = read_manifest(path)
     assert [r.id for r in recs] == ["0", "1"]
     assert recs[1].caption == "a blue, square"
     assert recs[0].labels == "colour=red" and recs[1].labels is None
