@@ -114,10 +114,6 @@ class ExactMatrix:
     def __len__(self) -> int:
         return len(self._slot)
 
-    @property
-    def nbytes(self) -> int:
-        return int(self._rows.nbytes)
-
     def reading(self) -> contextlib.AbstractContextManager[None]:
         """Hold off writes (re-entrant: `search` takes it too)."""
         return self._lock.read()
