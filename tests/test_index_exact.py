@@ -235,3 +235,35 @@ def test_index_wide_exact_flag_and_opt_out(tmp_path: Path) -> None:
     _same(on.search(COLL, QUERIES[2], 10), off.search(COLL, QUERIES[2], 10))
     on.close()
     off.close()
+
+
+def test_a_stream_of_readers_does_not_starve_a_writer() -> None:
+    m = ExactMatrix(DIM)
+    m.put(IDS[:100], VECTORS[:100])
+    stop = threading.Event()
+
+    def reader() -> None:  # overlapping reads, never a moment with no reader
+        while not stop.is_set():
+            with m.reading():
+                m.search(QUERIES[0], 5)  # re-entrant inside reading()
+                stop.wait(0.002)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    got = threading.Event()
+
+    def writer() -> None:
+        with m.writing():
+            m.put([IDS[100]], VECTORS[100:101])
+        got.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    try:
+        assert got.wait(5), "the writer never got the lock while readers kept coming"
+    finally:
+        stop.set()
+        for t in [*threads, w]:
+            t.join()
+    assert m.search(VECTORS[100], 1)[0][0] == IDS[100]  # type: ignore[index]

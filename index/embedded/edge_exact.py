@@ -41,30 +41,43 @@ _LOAD_PAGE = 4096
 
 
 class _ReadWriteLock:
-    """Many readers or one writer."""
+    """Many readers or one writer. A waiting writer holds off new readers (so a steady stream
+    of searches cannot starve writes); a thread already reading may read again (re-entrant),
+    which a waiting writer must not block or it would wait for that thread forever."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._readers = 0
+        self._writers_waiting = 0
         self._writing = False
+        self._depth = threading.local()
 
     @contextmanager
     def read(self) -> Iterator[None]:
-        with self._cv:
-            self._cv.wait_for(lambda: not self._writing)
-            self._readers += 1
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cv:
+                self._cv.wait_for(lambda: not self._writing and not self._writers_waiting)
+                self._readers += 1
+        self._depth.n = depth + 1
         try:
             yield
         finally:
-            with self._cv:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cv.notify_all()
+            self._depth.n = depth
+            if depth == 0:
+                with self._cv:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._cv.notify_all()
 
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cv:
-            self._cv.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writers_waiting += 1
+            try:
+                self._cv.wait_for(lambda: not self._writing and self._readers == 0)
+            finally:
+                self._writers_waiting -= 1
             self._writing = True
         try:
             yield
@@ -115,7 +128,7 @@ class ExactMatrix:
         return len(self._slot)
 
     def reading(self) -> contextlib.AbstractContextManager[None]:
-        """Hold off writes (re-entrant: `search` takes it too)."""
+        """Hold off writes (re-entrant in one thread: `search` takes it too)."""
         return self._lock.read()
 
     def writing(self) -> contextlib.AbstractContextManager[None]:
