@@ -169,15 +169,7 @@ class SamplingConfig:
             raise ValueError(
                 f"sampling.remine_every_epochs must be 0 or more, got {self.remine_every_epochs}."
             )
-        check_mine_options(
-            rank_start=self.rank_start,
-            rank_window=self.rank_window,
-            negatives=self.negatives,
-            group_size=self.group_size,
-            clusters=self.clusters,
-            cluster_top=self.cluster_top,
-            prefix="sampling.",
-        )
+        check_mine_options(self, prefix="sampling.")
         if self.filter == "cluster" and not self.clusters and not self.mined:
             raise ValueError("sampling.filter = 'cluster' needs sampling.clusters > 0.")
 

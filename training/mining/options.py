@@ -4,37 +4,28 @@ of a training config (which mines with the same options during training)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+# The options `MineConfig` and the `[sampling]` section share, by name.
+MINE_OPTIONS = ("rank_start", "rank_window", "negatives", "group_size", "clusters", "cluster_top")
 
 
-def check_mine_options(
-    *,
-    rank_start: int,
-    rank_window: int,
-    negatives: int,
-    group_size: int,
-    clusters: int,
-    cluster_top: int,
-    prefix: str = "",
-) -> None:
-    """ValueError with a sentence naming the option (as `prefix` + name) that is out of range."""
-    values = {
-        "rank_start": rank_start,
-        "rank_window": rank_window,
-        "negatives": negatives,
-        "group_size": group_size,
-        "clusters": clusters,
-        "cluster_top": cluster_top,
-    }
+def check_mine_options(options: Any, prefix: str = "") -> None:
+    """ValueError with a sentence naming the option (as `prefix` + name) that is out of range;
+    `options` is anything with the `MINE_OPTIONS` attributes (either config)."""
+    values = {name: getattr(options, name) for name in MINE_OPTIONS}
     for name in ("rank_start", "clusters"):
         if values[name] < 0:
             raise ValueError(f"{prefix}{name} must be 0 or more, got {values[name]}.")
     for name in ("rank_window", "negatives", "group_size", "cluster_top"):
         if values[name] < 1:
             raise ValueError(f"{prefix}{name} must be 1 or more, got {values[name]}.")
+    negatives, rank_window = values["negatives"], values["rank_window"]
     if negatives > rank_window:
         raise ValueError(
             f"{prefix}negatives ({negatives}) cannot exceed {prefix}rank_window ({rank_window})."
         )
+    clusters, cluster_top = values["clusters"], values["cluster_top"]
     if clusters and cluster_top > clusters:
         raise ValueError(
             f"{prefix}cluster_top ({cluster_top}) exceeds {prefix}clusters ({clusters})."
@@ -61,14 +52,7 @@ class MineConfig:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, got {self.seed}.")
-        check_mine_options(
-            rank_start=self.rank_start,
-            rank_window=self.rank_window,
-            negatives=self.negatives,
-            group_size=self.group_size,
-            clusters=self.clusters,
-            cluster_top=self.cluster_top,
-        )
+        check_mine_options(self)
 
     @property
     def neighbours(self) -> int:

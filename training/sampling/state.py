@@ -33,6 +33,7 @@ from clipserve.training.mining.mine import (
     read_mined,
     write_mined,
 )
+from clipserve.training.mining.options import MINE_OPTIONS
 from clipserve.training.sampling.batches import (
     BatchSampler,
     HardBatches,
@@ -43,16 +44,8 @@ from clipserve.training.sampling.side_inputs import ItemTable
 
 
 def mine_config(cfg: TrainConfig) -> MineConfig:
-    s = cfg.sampling
-    return MineConfig(
-        rank_start=s.rank_start,
-        rank_window=s.rank_window,
-        negatives=s.negatives,
-        group_size=s.group_size,
-        clusters=s.clusters,
-        cluster_top=s.cluster_top,
-        seed=cfg.run.seed,
-    )
+    options = {name: getattr(cfg.sampling, name) for name in MINE_OPTIONS}
+    return MineConfig(**options, seed=cfg.run.seed)
 
 
 def needs_mining(cfg: TrainConfig) -> bool:
