@@ -235,8 +235,6 @@ class TritonBackend:
             return np.asarray(result.as_numpy(spec.output_name))
 
         requests = self._requests(model, spec, x, dtype)
-        if len(requests) == 1:
-            return _rows([await one(*requests[0])])
         # Chunks of one batch go at once (Triton spreads them over its instances). Every
         # outcome is collected before the first failure is raised, so none goes unretrieved;
         # cancelling this cancels them all.
