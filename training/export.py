@@ -48,6 +48,7 @@ from clipserve.serving.bundle import (
     load_manifest,
     sha256_file,
 )
+from clipserve.training.export_attention import batch_first_attention
 from clipserve.training.model import LoadedModel, ModelSpec, create_model, load_checkpoint
 from clipserve.training.tokenizer_export import write_clip_tokenizer
 from clipserve.training.variants import add_variants
@@ -176,7 +177,7 @@ def export_towers(model: Any, out_dir: Path, image_size: tuple[int, int], opset:
         (TextTower(model), ids, TEXT_FILE, TEXT_INPUT, {0: batch, 1: sequence}),
     )
     for tower, example, file, input_name, dims in towers:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), batch_first_attention(model):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 tower.eval(),
