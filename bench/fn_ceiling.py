@@ -1,0 +1,193 @@
+"""How far can a similarity threshold detect false negatives on the benchmark's data? The
+ceiling, with the threshold chosen by looking at the labels.
+
+    python bench/fn_ceiling.py [--work work/bench-train] [--out docs/results]
+                               [--guide CKPT ...] [--batches 20]
+
+Every estimator clipserve has that is not `oracle` or `duplicate` thresholds a similarity:
+`guide` the guide model's cosine against the row's own positive (GISTEmbed), `margin` the
+model's own (UniME, NV-Retriever), `cluster` the k-means cells of the same embeddings. This
+script asks what the best possible threshold would give. For each guide checkpoint, on the
+first --batches random and hard batches of each target set of `make bench-train` (run that
+first: it leaves the base model, the data and the mined groups in --work), it scores every
+in-batch pair (anchor row, other column) three ways:
+
+- ``cosine``: the guide's cross-modal cosine (an absolute threshold);
+- ``cosine - positive``: the same minus the row's cosine to its own positive (GIST's
+  positive-aware rule, and `margin`'s);
+- ``same-modality``: the cosine between the two anchors in the row's own modality (what
+  `cluster` and duplicate detection look at);
+
+and sweeps every threshold against the exact labels (caption k matches image a iff every
+attribute k names is in a), keeping the best F1 with its precision, recall and threshold.
+Choosing the threshold from the labels is what no estimator can do, so these F1s bound from
+above what any rule on these scores reaches. Writes OUT/fn_ceiling.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_train as bt  # noqa: E402
+
+from clipserve.training.data.manifest import (  # noqa: E402
+    ImageTextDataset,
+    materialize,
+    read_manifest,
+)
+from clipserve.training.evaluate import embed_tensors  # noqa: E402
+from clipserve.training.losses.estimators.oracle import truth_matrices  # noqa: E402
+from clipserve.training.mining.mine import read_mined  # noqa: E402
+from clipserve.training.model import load_pretrained  # noqa: E402
+from clipserve.training.sampling.batches import HardBatches, RandomBatches  # noqa: E402
+from clipserve.training.sampling.side_inputs import build_item_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNALS = ("cosine", "cosine - positive", "same-modality")
+
+
+def best_f1(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """The threshold on `scores` (flag score >= threshold) with the best F1 against `truth`."""
+    order = np.argsort(-scores, kind="stable")
+    hits = truth[order]
+    tp = np.cumsum(hits)
+    flagged = np.arange(1, len(hits) + 1)
+    precision = tp / flagged
+    recall = tp / max(int(truth.sum()), 1)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    # Only cut between distinct scores: equal scores are flagged together or not at all.
+    distinct = np.r_[scores[order][1:] != scores[order][:-1], True]
+    f1 = np.where(distinct, f1, -1.0)
+    j = int(f1.argmax())
+    return {
+        "f1": float(f1[j]),
+        "precision": float(precision[j]),
+        "recall": float(recall[j]),
+        "threshold": float(scores[order][j]),
+    }
+
+
+def pair_scores(
+    image: torch.Tensor, text: torch.Tensor, batch: Any
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per direction: (scores [pairs, len(SIGNALS)], truth [pairs]) over off-diagonal pairs."""
+    n = image.shape[0]
+    truth_i2t, truth_t2i = truth_matrices(batch, slice(0, n))
+    off = ~torch.eye(n, dtype=torch.bool)
+    out = {}
+    for direction, cross, same, truth in (
+        ("i2t", image @ text.T, image @ image.T, truth_i2t),
+        ("t2i", text @ image.T, text @ text.T, truth_t2i),
+    ):
+        rel = cross - cross.diag()[:, None]
+        scores = torch.stack([cross[off], rel[off], same[off]], dim=1)
+        out[direction] = (scores.numpy(), truth[off].numpy())
+    return out
+
+
+@torch.no_grad()
+def ceiling(guide: Path, work: Path, setting: str, n_batches: int) -> list[dict[str, Any]]:
+    loaded = load_pretrained(bt.MODEL, str(guide))
+    records = read_manifest(work / "data" / setting / "train.jsonl")
+    dataset = ImageTextDataset(records, loaded.preprocess_val, loaded.tokenizer)
+    images, tokens = materialize(dataset)
+    text, image = (torch.from_numpy(a) for a in embed_tensors(loaded.model, images, tokens))
+    mined = read_mined(work / "mined" / setting / "none", records)
+    table = build_item_table(records, image_keys=True, cluster_ids=mined.cluster_ids)
+    samplers = {
+        "random": RandomBatches(len(records), bt.BATCH, 0),
+        "hard_batches": HardBatches(mined.groups, bt.BATCH, 0),
+    }
+    rows = []
+    for sampling, sampler in samplers.items():
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"i2t": [], "t2i": []}
+        for step, idx in enumerate(sampler.epoch(0)[:n_batches]):
+            rows_t = torch.from_numpy(idx)
+            got = pair_scores(image[rows_t], text[rows_t], table.batch(rows_t, step))
+            for direction, pair in got.items():
+                parts[direction].append(pair)
+        for direction, chunks in parts.items():
+            scores = np.concatenate([c[0] for c in chunks])
+            truth = np.concatenate([c[1] for c in chunks]).astype(bool)
+            row = {
+                "guide": str(guide),
+                "setting": setting,
+                "sampling": sampling,
+                "direction": direction,
+                "true_fn_rate": float(truth.mean()),
+            }
+            for k, signal in enumerate(SIGNALS):
+                row[signal] = best_f1(scores[:, k], truth)
+            rows.append(row)
+    return rows
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    head = "| guide | setting | sampling | direction | true FN rate | " + " | ".join(
+        f"best F1 on {s} (P / R)" for s in SIGNALS
+    )
+    lines = [head + " |", "|" + "---|" * (5 + len(SIGNALS))]
+    for r in rows:
+        cells = [
+            f"{r[s]['f1']:.3f} ({r[s]['precision']:.2f} / {r[s]['recall']:.2f})" for s in SIGNALS
+        ]
+        lines.append(
+            f"| {r['guide_name']} | {r['setting']} | {r['sampling']} | {r['direction']} | "
+            f"{r['true_fn_rate']:.3f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=ROOT / "work" / "bench-train")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    p.add_argument(
+        "--guide",
+        type=Path,
+        nargs="+",
+        help="checkpoints to score with (default: the base model, and the high-fn 'random' "
+        "and 'hard+guide/drop' fine-tunes of seed 0 when present)",
+    )
+    p.add_argument("--settings", nargs="+", default=list(bt.SETTINGS))
+    p.add_argument("--batches", type=int, default=20)
+    args = p.parse_args(argv)
+    base = args.work / "base" / "checkpoints" / "latest.pt"
+    guides = args.guide or [
+        g
+        for g in (
+            base,
+            bt.run_dir(args.work, "high-fn", bt.RunSpec("random"), 0),
+            bt.run_dir(args.work, "high-fn", bt.RunSpec("hard+guide/drop"), 0),
+        )
+        if g == base or (g / "checkpoints" / "latest.pt").is_file()
+    ]
+    if not base.is_file():
+        print(f"error: {base} is missing: run `make bench-train` first", file=sys.stderr)
+        return 2
+    rows = []
+    for guide in guides:
+        ckpt = guide if guide.suffix == ".pt" else guide / "checkpoints" / "latest.pt"
+        name = "base" if ckpt == base else str(guide.relative_to(args.work / "runs"))
+        for setting in args.settings:
+            for row in ceiling(ckpt, args.work, setting, args.batches):
+                rows.append(row | {"guide_name": name})
+                print(table([rows[-1]]).splitlines()[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fn_ceiling.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n" + table(rows))
+    print(f"\nwrote {args.out / 'fn_ceiling.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
