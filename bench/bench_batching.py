@@ -9,15 +9,22 @@ sending one caption or one 320x240 JPEG per request, back to back. For every con
 server is measured first (items/s, p50/p99 latency, mean batch size from its /metrics), then
 the same bundle in raw ONNX Runtime in this process at that mean batch size (inputs already
 tokenized / preprocessed, so it is the ceiling), and the ratio is printed.
+
+The raw side runs the server's own engine configuration: as many ONNX Runtime sessions as the
+server has inference workers, each with the server's intra-op threads, called concurrently
+from that many threads (ONNX Runtime releases the GIL), their items/s summed. Both default to
+`clipserve serve`'s defaults (2 workers, the usable CPUs split between them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,6 +39,7 @@ from clipserve.proto.v1 import clipserve_pb2 as pb  # noqa: E402
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc  # noqa: E402
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.bundle import load_manifest  # noqa: E402
+from clipserve.serving.config import ServerConfig, usable_cpus  # noqa: E402
 from clipserve.serving.embedding.preprocess import decode_for_model  # noqa: E402
 from clipserve.serving.embedding.tokenizer import ClipTokenizer  # noqa: E402
 
@@ -95,13 +103,24 @@ def batch_stats(metrics_port: int, modality: str) -> tuple[float, float]:
     return found.get("sum", 0.0), found.get("count", 0.0)
 
 
-def raw_items_per_s(fn, batch: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    runs, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or runs < 3:
+def raw_items_per_s(fns, batch: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    """Items/s of `fns` (one per session) called back to back, all at once, for `seconds`."""
+    for fn in fns:
         fn()
-        runs += 1
-    return runs * batch / (time.perf_counter() - t0)
+    runs = [0] * len(fns)
+    t0 = time.perf_counter()
+
+    def loop(k: int) -> None:
+        while time.perf_counter() - t0 < seconds or runs[k] < 3:
+            fns[k]()
+            runs[k] += 1
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(runs) * batch / (time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modalities", nargs="+", default=["text", "image"])
     p.add_argument("--seconds", type=float, default=12.0, help="server time per point")
     p.add_argument("--rounds", type=int, default=3, help="server/raw alternations per point")
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--inference-workers", type=int, default=1)
-    p.add_argument("--intra-op-threads", type=int, default=0, help="0 = ONNX Runtime's default")
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
+    p.add_argument("--max-batch", type=int, default=defaults["max_batch"])
+    p.add_argument("--inference-workers", type=int, default=defaults["inference_workers"])
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="0 = the server's default (usable CPUs / inference workers)")  # fmt: skip
     args = p.parse_args(argv)
     bundle = Path(args.bundle) if args.bundle else random_bundle(args.model)
     manifest = load_manifest(bundle)
     tokenizer = ClipTokenizer.from_bundle(bundle, manifest)
-    threads = args.intra_op_threads or None
-    raw = OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads)
+    workers = args.inference_workers
+    threads = args.intra_op_threads or max(1, usable_cpus() // workers)  # the server's rule
+    raws = [OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads) for _ in range(workers)]
     slice_s = args.seconds / args.rounds
     jpegs = [small_jpeg(i) for i in range(8)]
     contents = {
@@ -135,16 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     def raw_at(modality: str, b: int) -> float:
         if modality == "text":
             x = tokenizer.pad([ids[i % len(ids)] for i in range(b)])
-            return raw_items_per_s(lambda: raw.embed_texts(x), b, min(slice_s, 3))
+            return raw_items_per_s([lambda r=r: r.embed_texts(x) for r in raws], b, min(slice_s, 3))
         px = np.stack([pixels[i % len(pixels)] for i in range(b)])
-        return raw_items_per_s(lambda: raw.embed_images(px), b, min(slice_s, 3))
+        return raw_items_per_s([lambda r=r: r.embed_images(px) for r in raws], b, min(slice_s, 3))
 
-    flags = ["--max-batch", str(args.max_batch), "--inference-workers", str(args.inference_workers),
+    flags = ["--max-batch", str(args.max_batch), "--inference-workers", str(workers),
+             "--intra-op-threads", str(threads),
              "--max-in-flight", str(max(args.concurrency) + 8), "--metrics-port", "0"]  # fmt: skip
-    if threads:
-        flags += ["--intra-op-threads", str(threads)]
-    print(f"{manifest.model_name} (random weights), server flags: {' '.join(flags)}; "
-          f"{args.seconds:.0f} s per point; CPU only", flush=True)  # fmt: skip
+    print(f"{manifest.model_name} (random weights), server flags: {' '.join(flags)}; raw ORT: "
+          f"{workers} concurrent session(s) x {threads} thread(s); {args.seconds:.0f} s per "
+          "point; CPU only", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         # --metrics-port 0 would pick a random port we cannot see from here: use a fixed one.
         mport = _free_port()
@@ -179,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{statistics.median(ratios):>5.0%}  {errors}",
                         flush=True,
                     )
-    raw.close()
+    for r in raws:
+        r.close()
     print(f"one run per point; load average at the end: {_load()}")
     return 0
 

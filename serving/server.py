@@ -37,7 +37,7 @@ from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving.backends.backend import BackendStartupError, EmbeddingBackend
 from clipserve.serving.backends.backend_factory import make_backend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
-from clipserve.serving.config import ServerConfig
+from clipserve.serving.config import BACKENDS, ServerConfig
 from clipserve.serving.embedding import memory
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.errors import BackendUnavailable
@@ -286,7 +286,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-s", type=float, help=f"drain time on stop (default {d['grace_s'].default})"
     )
-    p.add_argument("--backend", choices=("onnxruntime", "triton"), help="default onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, help="default onnxruntime")
     p.add_argument("--triton-url", help="Triton gRPC HOST:PORT (with --backend triton)")
     p.add_argument(
         "--triton-max-inflight",

@@ -19,6 +19,8 @@ from typing import Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
+from clipserve.serving.bundle import Manifest
+
 
 class BackendStartupError(RuntimeError):
     """The backend cannot start as configured: a requested GPU provider is missing or fell
@@ -70,3 +72,28 @@ _ASYNC_METHODS = ("embed_images_async", "embed_texts_async", "aclose")
 def is_async_backend(backend: object) -> TypeGuard[AsyncEmbeddingBackend]:
     """Whether `backend` has the async interface: all three methods, as coroutine functions."""
     return all(inspect.iscoroutinefunction(getattr(backend, name, None)) for name in _ASYNC_METHODS)
+
+
+def check_pixel_values(manifest: Manifest, pixel_values: object) -> np.ndarray:
+    """`pixel_values` if it is float32 [N>=1,3,H,W] with the manifest's H, W; else ValueError."""
+    h, w = manifest.image_size
+    if not isinstance(pixel_values, np.ndarray) or pixel_values.dtype != np.float32:
+        raise ValueError(f"pixel_values must be a float32 ndarray, got {_describe(pixel_values)}")
+    if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, h, w) or not len(pixel_values):
+        raise ValueError(f"pixel_values must be [N>=1,3,{h},{w}], got {pixel_values.shape}")
+    return pixel_values
+
+
+def check_input_ids(manifest: Manifest, input_ids: object) -> np.ndarray:
+    """`input_ids` if it is int64 [N>=1, 2<=L<=context_length]; else ValueError."""
+    ctx = manifest.context_length
+    if not isinstance(input_ids, np.ndarray) or input_ids.dtype != np.int64:
+        raise ValueError(f"input_ids must be an int64 ndarray, got {_describe(input_ids)}")
+    if input_ids.ndim != 2 or not len(input_ids) or not 2 <= input_ids.shape[1] <= ctx:
+        raise ValueError(f"input_ids must be [N>=1, 2<=L<={ctx}], got {input_ids.shape}")
+    return input_ids
+
+
+def _describe(value: object) -> str:
+    dtype = getattr(value, "dtype", None)
+    return f"{type(value).__name__} of {dtype}" if dtype is not None else type(value).__name__

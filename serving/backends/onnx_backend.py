@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from clipserve.serving.backends.backend import BackendInfo, BackendStartupError
+from clipserve.serving.backends.backend import (
+    BackendInfo,
+    BackendStartupError,
+    check_input_ids,
+    check_pixel_values,
+)
 from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_manifest
 
 log = logging.getLogger(__name__)
@@ -147,22 +152,12 @@ class OnnxRuntimeBackend:
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values float32 [N,3,H,W] (H, W from the manifest) -> float32 [N,D]."""
-        h, w = self.manifest.image_size
-        if not isinstance(pixel_values, np.ndarray) or pixel_values.dtype != np.float32:
-            raise ValueError(
-                f"pixel_values must be a float32 ndarray, got {_describe(pixel_values)}"
-            )
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, h, w) or not len(pixel_values):
-            raise ValueError(f"pixel_values must be [N>=1,3,{h},{w}], got {pixel_values.shape}")
+        check_pixel_values(self.manifest, pixel_values)
         return self._run(self._image, self.manifest.image, pixel_values)
 
     def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [N,L], 2 <= L <= context_length, zero-padded -> float32 [N,D]."""
-        ctx = self.manifest.context_length
-        if not isinstance(input_ids, np.ndarray) or input_ids.dtype != np.int64:
-            raise ValueError(f"input_ids must be an int64 ndarray, got {_describe(input_ids)}")
-        if input_ids.ndim != 2 or not len(input_ids) or not 2 <= input_ids.shape[1] <= ctx:
-            raise ValueError(f"input_ids must be [N>=1, 2<=L<={ctx}], got {input_ids.shape}")
+        check_input_ids(self.manifest, input_ids)
         return self._run(self._text, self.manifest.text, input_ids)
 
     def _run(self, session: ort.InferenceSession, spec: TowerSpec, x: np.ndarray) -> np.ndarray:
@@ -181,8 +176,3 @@ class OnnxRuntimeBackend:
         # ORT frees a session when its last reference goes; drop ours.
         self._image = None  # type: ignore[assignment]
         self._text = None  # type: ignore[assignment]
-
-
-def _describe(value: object) -> str:
-    dtype = getattr(value, "dtype", None)
-    return f"{type(value).__name__} of {dtype}" if dtype is not None else type(value).__name__

@@ -34,7 +34,12 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the Triton backend needs tritonclient: pip install 'clipserve[triton]'"
     ) from exc
 
-from clipserve.serving.backends.backend import BackendInfo, BackendStartupError
+from clipserve.serving.backends.backend import (
+    BackendInfo,
+    BackendStartupError,
+    check_input_ids,
+    check_pixel_values,
+)
 from clipserve.serving.backends.triton_repo import (
     IMAGE_MODEL,
     TEXT_MODEL,
@@ -168,18 +173,10 @@ class TritonBackend:
     # -- inputs ---------------------------------------------------------------------------------
 
     def _check_images(self, pixel_values: np.ndarray) -> None:
-        h, w = self.manifest.image_size
-        if not isinstance(pixel_values, np.ndarray) or pixel_values.dtype != np.float32:
-            raise ValueError("pixel_values must be a float32 ndarray")
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, h, w) or not len(pixel_values):
-            raise ValueError(f"pixel_values must be [N>=1,3,{h},{w}], got {pixel_values.shape}")
+        check_pixel_values(self.manifest, pixel_values)
 
     def _check_texts(self, input_ids: np.ndarray) -> None:
-        ctx = self.manifest.context_length
-        if not isinstance(input_ids, np.ndarray) or input_ids.dtype != np.int64:
-            raise ValueError("input_ids must be an int64 ndarray")
-        if input_ids.ndim != 2 or not len(input_ids) or not 2 <= input_ids.shape[1] <= ctx:
-            raise ValueError(f"input_ids must be [N>=1, 2<=L<={ctx}], got {input_ids.shape}")
+        check_input_ids(self.manifest, input_ids)
 
     def _requests(
         self, model: str, spec: TowerSpec, x: np.ndarray, dtype: str
