@@ -37,6 +37,7 @@ proto: $(STAMP)  ## regenerate the gRPC/protobuf stubs in proto/v1 from proto/v1
 
 bench-train: $(STAMP)  ## FN-filtered hard-negative benchmark -> docs/results/fn_benchmark.{json,md,png} (about 80 min on 2 cores)
 	$(BIN)/python bench/bench_train.py --work $(WORK)/bench-train --out docs/results $(BENCH_ARGS)
+	$(BIN)/python bench/fn_ceiling.py --work $(WORK)/bench-train --out docs/results
 
 clean:  ## remove the work directory (keeps .venv)
 	rm -rf $(WORK)
