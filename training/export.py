@@ -176,23 +176,24 @@ def export_towers(model: Any, out_dir: Path, image_size: tuple[int, int], opset:
         (ImageTower(model), pixels, IMAGE_FILE, IMAGE_INPUT, {0: batch}),
         (TextTower(model), ids, TEXT_FILE, TEXT_INPUT, {0: batch, 1: sequence}),
     )
-    for tower, example, file, input_name, dims in towers:
-        with torch.no_grad(), warnings.catch_warnings(), batch_first_attention(model):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                tower.eval(),
-                (example,),
-                dynamo=True,
-                input_names=[input_name],
-                output_names=[OUTPUT],
-                dynamic_shapes=(dims,),
-                opset_version=opset,
-                verbose=False,
-            )
-        if program is None:  # pragma: no cover - dynamo=True always returns a program
-            raise RuntimeError("torch.onnx.export returned no program")
-        # One self-contained file per tower (protobuf limit: 2 GiB, enough through ViT-L).
-        program.save(str(out_dir / file), external_data=False)
+    with batch_first_attention(model):  # swapped for both towers, put back after
+        for tower, example, file, input_name, dims in towers:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    tower.eval(),
+                    (example,),
+                    dynamo=True,
+                    input_names=[input_name],
+                    output_names=[OUTPUT],
+                    dynamic_shapes=(dims,),
+                    opset_version=opset,
+                    verbose=False,
+                )
+            if program is None:  # pragma: no cover - dynamo=True always returns a program
+                raise RuntimeError("torch.onnx.export returned no program")
+            # One self-contained file per tower (protobuf limit: 2 GiB, enough through ViT-L).
+            program.save(str(out_dir / file), external_data=False)
     fuse_image_tower(out_dir / IMAGE_FILE)
 
 

@@ -1,13 +1,13 @@
 """Export-time self-attention: the same function as ``nn.MultiheadAttention``, written so the
-exported ONNX graph has two transposes per block instead of six.
+exported ONNX graph has three transposes per block instead of eight.
 
 ``nn.MultiheadAttention`` works in (L, N, E) internally, so with ``batch_first=True`` (open_clip's
 default) its traced graph transposes the residual stream in and out of every block and splits
 the packed q/k/v projection through gathers and further transposes. In ONNX Runtime those
 Transposes cost ~8 % of the ViT-B-32 image tower in fp32 and ~20 % once int8 has sped up the
 MatMuls (profiled, docs/benchmarks.md). `BatchFirstAttention` computes the packed projection on
-(N, L, E), moves q/k/v to (3, N, H, L, Dh) in one permute, and lets ONNX Runtime fold the key's
-transpose into its MatMul.
+(N, L, E) and moves q/k/v to (3, N, H, L, Dh) in one permute; the key's transpose for the
+scores and the output's back to (N, L, E) are the other two.
 
 `batch_first_attention(model)` swaps it in for every plain self-attention module of a model
 for the duration of an export and puts the originals back after; modules it cannot express

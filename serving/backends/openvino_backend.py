@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import openvino as ov  # an ImportError becomes backend_factory's "pip install" sentence
 from onnx import helper, numpy_helper
 
 from clipserve.serving.backends.backend import (
@@ -38,11 +39,6 @@ from clipserve.serving.backends.backend import (
     check_pixel_values,
 )
 from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_manifest
-
-try:
-    import openvino as ov
-except ImportError as exc:  # pragma: no cover - exercised by backend_factory's message
-    raise ImportError("the openvino package is not installed") from exc
 
 
 def expand_ort_ops(model: onnx.ModelProto) -> int:
