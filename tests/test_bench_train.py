@@ -1,0 +1,57 @@
+"""bench/bench_train.py's worker processes: every run once, in plan order, resumable.
+
+A real (micro-sized) benchmark in a temporary directory: base model, mining, then the runs in
+two worker processes that share one queue of run-directory claims."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
+CONFIGS = ["random", "hard", "hard+guide/drop"]
+
+
+def _bench(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, str(SCRIPT), "--work", str(tmp_path / "work"),
+        "--out", str(tmp_path / "out"), "--model", "clipserve-micro", "--batch", "16",
+        "--data-scale", "0.05", "--base-steps", "3", "--steps", "2", "--seeds", "2",
+        "--settings", "high-fn", "--only", *CONFIGS, "--workers", "2", "--step-reps", "0",
+        "--detect-batches", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _keys(path: Path) -> list[tuple[str, int]]:
+    return [(r["config"], r["seed"]) for r in json.loads(path.read_text())]
+
+
+def test_workers_run_each_run_once_and_resume(tmp_path: Path) -> None:
+    proc = _bench(tmp_path)
+    assert "6 runs in 2 worker processes" in proc.stdout
+    results = tmp_path / "out" / "fn_benchmark.json"
+    # Seed-major plan order, each run exactly once, though two processes finished them.
+    assert _keys(results) == [(c, s) for s in range(2) for c in CONFIGS]
+    assert not (tmp_path / "out" / "shards").exists()
+    assert (tmp_path / "out" / "fn_benchmark.md").is_file()
+
+    # Nothing left: a second start trains nothing.
+    assert "worker processes" not in _bench(tmp_path).stdout
+
+    # An interrupted benchmark: one run missing from the results, its claim left behind by
+    # the dead worker, and another run finished only in a worker's shard file.
+    rows = json.loads(results.read_text())
+    lost, in_shard = rows.pop(4), rows.pop(1)
+    results.write_text(json.dumps(rows))
+    shard = tmp_path / "out" / "shards" / "w0"
+    shard.mkdir(parents=True)
+    (shard / "fn_benchmark.json").write_text(json.dumps([in_shard]))
+    proc = _bench(tmp_path)
+    assert "1 runs in 1 worker processes" in proc.stdout
+    assert f"{lost['config']:28s} seed {lost['seed']}" in proc.stdout
+    assert _keys(results) == [(c, s) for s in range(2) for c in CONFIGS]
