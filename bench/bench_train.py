@@ -21,9 +21,9 @@ Protocol (everything synthetic, made here, deterministic):
 5. Step time: forward + loss + backward at batch 128 for each loss configuration, interleaved
    round-robin in one process, as a ratio to plain `open_clip.ClipLoss`.
 
-Writes OUT/fn_benchmark.json (one object per run, rewritten after every run, so an
-interrupted benchmark keeps what finished; rerunning skips finished runs), OUT/fn_benchmark.md
-and OUT/fn_benchmark.png.
+Writes OUT/fn_benchmark.json (one object per run), OUT/fn_benchmark.md, OUT/fn_benchmark.png,
+OUT/fn_detection.json and OUT/fn_step_time.json. Finished runs are journalled in
+WORK/results after every run, so an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def run_dir(work: Path, setting: str, spec: RunSpec, seed: int) -> Path:
 
 
 def claim(work: Path, setting: str, spec: RunSpec, seed: int) -> bool:
-    """Take the run for this process (parallel --shard processes share one work queue);
+    """Take the run for this process (--workers children share one work queue);
     False when another process has taken it."""
     marker = run_dir(work, setting, spec, seed).with_suffix(".claim")
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -554,7 +554,7 @@ def run_workers(
         "--base-steps", str(args.base_steps), "--settings", *args.settings,
         "--model", args.model, "--batch", str(args.batch), "--data-scale", str(args.data_scale),
         "--step-reps", "0", "--detect-batches", "0", "--threads", "1", "--workers", "1",
-        "--queue", "--worker",
+        "--worker",
     ]  # fmt: skip
     if args.only:
         common += ["--only", *args.only]
@@ -626,11 +626,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prepare-only", action="store_true",
                    help="data, base model, mining and FN detection only (before parallel shards)")  # fmt: skip
     p.add_argument("--detect-batches", type=int, default=8, help="batches per FN-detection row")
-    p.add_argument("--shard", default="0/1", metavar="K/N",
-                   help="run only runs K, K+N, K+2N... (parallel processes; --out per shard)")  # fmt: skip
-    p.add_argument("--queue", action="store_true",
-                   help="with parallel processes: take runs in order from a shared queue "
-                   "(run-directory claims) instead of a fixed --shard split")  # fmt: skip
     p.add_argument("--workers", type=int, default=2,
                    help="processes for the runs, one torch thread each, taking runs from a "
                    "shared queue (2 cores: 1.28x the steps/s of one 2-thread process); 1 = "
@@ -661,7 +656,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_reports(Path(args.out), merged, {}, first)
         print(f"merged {len(merged)} runs into {args.out}")
         return 0
-    shard_k, shard_n = (int(x) for x in args.shard.split("/"))
     MODEL, BATCH = args.model, args.batch
     BASE_DATA = _scaled(BASE_DATA, args.data_scale)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -672,7 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
     )
     base = base_model(work, args.base_steps)
-    results_path = out / "fn_benchmark.json"
+    # Finished runs are journalled in the work directory (resume from there), never read
+    # back from OUT: a fresh clone's committed docs/results must not count as done.
+    journal = out if args.worker else work / "results"
+    results_path = journal / "fn_benchmark.json"
     rows: list[dict[str, Any]] = (
         json.loads(results_path.read_text()) if results_path.is_file() else []
     )
@@ -687,14 +684,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         filters.add("none")  # the groups and clusters FN detection runs on
         mined = mine_target(work, setting, paths.train, base, filters)
         plan.append((setting, specs, paths, mined))
-    detect_path = out / "fn_detection.json"
-    if shard_k == 0 and not detect_path.is_file() and args.detect_batches:
+    detect_path = journal / "fn_detection.json"
+    if not args.worker and not detect_path.is_file() and args.detect_batches:
         detection = [
             row
             for setting, _, paths, mined in plan
             for row in fn_detection(setting, base, paths.train, mined["none"], args.detect_batches)
         ]
-        out.mkdir(parents=True, exist_ok=True)
+        journal.mkdir(parents=True, exist_ok=True)
         detect_path.write_text(json.dumps(detection, indent=1) + "\n")
     if args.prepare_only:
         return 0
@@ -707,13 +704,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in specs
     ]
     if args.workers > 1 and not args.worker:
-        rows = run_workers(args, work, out, rows, todo)
+        rows = run_workers(args, work, journal, rows, todo)
         todo = []
-    queue = todo if args.queue else todo[shard_k::shard_n]
-    for seed, setting, spec, paths, mined in queue:
+    for seed, setting, spec, paths, mined in todo:
         if (setting, spec.name, seed) in done:
             continue
-        if args.queue and not claim(work, setting, spec, seed):
+        if args.worker and not claim(work, setting, spec, seed):
             continue
         row = run_one(work, setting, spec, seed, paths, base, mined, args.steps)
         rows.append(row)
@@ -726,15 +722,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{m.get('fn_f1', float('nan')):.3f} ({row['wall_seconds']:.0f} s)",
             flush=True,
         )
-        write_reports(out, rows, ratios, header, json_only=args.worker)
+        write_reports(journal, rows, ratios, header, json_only=True)
     if args.worker:
         return 0
     specs_all = [s for _, specs, _, _ in plan for s in specs]
-    if args.step_reps and plan and shard_k == 0:
+    if args.step_reps and plan:
         secs = step_times(specs_all, base, plan[0][2].train, args.step_reps)
         ref = secs["ClipLoss (open_clip)"]
         ratios = {k: v / ref for k, v in secs.items()}
         print("step time vs ClipLoss: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    out.mkdir(parents=True, exist_ok=True)
+    if detect_path.is_file():
+        (out / "fn_detection.json").write_text(detect_path.read_text())
     write_reports(out, rows, ratios, header + f" Total {time.perf_counter() - t_start:.0f} s.")
     print(f"wrote {out}/fn_benchmark.json, .md, .png in {time.perf_counter() - t_start:.0f} s")
     return 0

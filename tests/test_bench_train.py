@@ -31,13 +31,26 @@ def _keys(path: Path) -> list[tuple[str, int]]:
     return [(r["config"], r["seed"]) for r in json.loads(path.read_text())]
 
 
+def test_committed_results_do_not_count_as_done(tmp_path: Path) -> None:
+    """A fresh clone has docs/results filled in: the benchmark must still run everything."""
+    out = tmp_path / "out"
+    out.mkdir()
+    fake = [{"setting": "high-fn", "config": c, "seed": s, "metrics": {}} for s in range(2) for c in CONFIGS]  # fmt: skip
+    (out / "fn_benchmark.json").write_text(json.dumps(fake))
+    assert "6 runs in 2 worker processes" in _bench(tmp_path).stdout
+    rows = json.loads((out / "fn_benchmark.json").read_text())
+    assert all("t2i_semantic_R@1" in r["metrics"] for r in rows) and len(rows) == 6
+
+
 def test_workers_run_each_run_once_and_resume(tmp_path: Path) -> None:
     proc = _bench(tmp_path)
     assert "6 runs in 2 worker processes" in proc.stdout
     results = tmp_path / "out" / "fn_benchmark.json"
+    journal = tmp_path / "work" / "results" / "fn_benchmark.json"
     # Seed-major plan order, each run exactly once, though two processes finished them.
     assert _keys(results) == [(c, s) for s in range(2) for c in CONFIGS]
-    assert not (tmp_path / "out" / "shards").exists()
+    assert _keys(journal) == _keys(results)
+    assert not (journal.parent / "shards").exists()
     assert (tmp_path / "out" / "fn_benchmark.md").is_file()
 
     # Nothing left: a second start trains nothing.
@@ -45,10 +58,11 @@ def test_workers_run_each_run_once_and_resume(tmp_path: Path) -> None:
 
     # An interrupted benchmark: one run missing from the results, its claim left behind by
     # the dead worker, and another run finished only in a worker's shard file.
-    rows = json.loads(results.read_text())
+    rows = json.loads(journal.read_text())
     lost, in_shard = rows.pop(4), rows.pop(1)
-    results.write_text(json.dumps(rows))
-    shard = tmp_path / "out" / "shards" / "w0"
+    journal.write_text(json.dumps(rows))
+    results.unlink()
+    shard = journal.parent / "shards" / "w0"
     shard.mkdir(parents=True)
     (shard / "fn_benchmark.json").write_text(json.dumps([in_shard]))
     proc = _bench(tmp_path)
