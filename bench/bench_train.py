@@ -111,6 +111,7 @@ def low_fn_runs() -> list[RunSpec]:
         RunSpec("hard", "hard_batches"),
         RunSpec("hard+guide/drop", "hard_batches", GUIDE),
         RunSpec("random+guide/drop", "random", GUIDE),
+        RunSpec("hard+margin/drop", "hard_batches", MARGIN),
     ]
 
 
@@ -131,7 +132,7 @@ BASE_DATA = synth.SynthConfig(n=5000, seed=11, n_tuples=None, holdout=0.1)
 def _config(
     train_path: Path, val: Path, out: Path, *, steps: int, lr: float, warmup: int,
     pretrained: str | None = None, seed: int = 0, loss: dict[str, Any] | None = None,
-    sampling: dict[str, Any] | None = None, guide: bool = False,
+    sampling: dict[str, Any] | None = None, guide: bool = False, progress: bool = False,
 ):  # fmt: skip
     model: dict[str, Any] = {"name": MODEL}
     if pretrained:
@@ -150,7 +151,7 @@ def _config(
             "device": "cpu",
             "save_every_steps": 0,
             "log_every": 10,
-            "progress": False,
+            "progress": progress,
         },
     }
     return config_from_dict(raw, source="bench")
@@ -158,7 +159,9 @@ def _config(
 
 def base_model(work: Path, steps: int) -> Path:
     paths = synth.generate(BASE_DATA, work / "data" / "base", progress=False, reuse=True).paths
-    cfg = _config(paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40)
+    cfg = _config(
+        paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40, progress=True
+    )  # the runs print a line each; the base's ten minutes get a progress bar
     t0 = time.perf_counter()
     result = train(cfg)
     note = "cached" if result.already_finished else f"{time.perf_counter() - t0:.0f} s"
@@ -610,10 +613,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", default="work/bench-train", help="data, base model, runs (cached)")
     p.add_argument("--out", default="docs/results", help="where the results go")
     p.add_argument("--seeds", type=int, default=3)
-    # 63 runs x 100 steps + a 2000-step base: about 80 min on 2 cores (measured: the base
-    # 22 min, a run 50 s). A short base is too weak for fine distinctions to be what is left
-    # to learn (broad held-out R@1 0.05 after 400 steps at batch 64; 0.49 after 2000 at 128),
-    # the regime the probe warned about; see docs/benchmarks.md.
+    # 57 runs x 100 steps in 2 worker processes + a 2000-step base: about 40 min on 2 cores
+    # (measured: the base 12 min, a run 55 s in each worker). A short base is too weak for
+    # fine distinctions to be what is left to learn (broad held-out R@1 0.05 after 400 steps
+    # at batch 64), the regime the probe warned about; see docs/benchmarks.md.
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per run")
     p.add_argument("--base-steps", type=int, default=2000)
     p.add_argument("--step-reps", type=int, default=10, help="step-time repetitions per loss")
@@ -624,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--data-scale", type=float, default=1.0, help="scale every data set's size")
     p.add_argument("--prepare-only", action="store_true",
-                   help="data, base model, mining and FN detection only (before parallel shards)")  # fmt: skip
+                   help="data, base model, mining and FN detection only")  # fmt: skip
     p.add_argument("--detect-batches", type=int, default=8, help="batches per FN-detection row")
     p.add_argument("--workers", type=int, default=2,
                    help="processes for the runs, one torch thread each, taking runs from a "
