@@ -18,6 +18,8 @@ Protocol (everything synthetic, made here, deterministic):
 4. Each run is evaluated on the target set's held-out split: semantic (relevance = the image
    has every attribute the caption names) and instance R@1/5/10 both ways, semantic mAP. The
    loss's FN-detection precision/recall/F1 against the exact labels are averaged over training.
+   The runs go to --workers processes (one torch thread each) that take them from one queue;
+   a run's numbers do not depend on which worker ran it.
 5. Step time: forward + loss + backward at batch 128 for each loss configuration, interleaved
    round-robin in one process, as a ratio to plain `open_clip.ClipLoss`.
 
