@@ -504,10 +504,10 @@ def write_reports(
     json_only: bool = False,
 ) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    if json_only:  # a worker's shard: the parent writes the reports once all are in
-        tmp = out / "fn_benchmark.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=1) + "\n")
-        tmp.replace(out / "fn_benchmark.json")
+    tmp = out / "fn_benchmark.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(out / "fn_benchmark.json")
+    if json_only:  # the journal and the workers' shards; the reports are written once, at the end
         return
     detect = []
     if (out / "fn_detection.json").is_file():
@@ -516,9 +516,6 @@ def write_reports(
         (out / "fn_step_time.json").write_text(json.dumps(ratios, indent=1) + "\n")
     elif (out / "fn_step_time.json").is_file():
         ratios = json.loads((out / "fn_step_time.json").read_text())
-    tmp = out / "fn_benchmark.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    tmp.replace(out / "fn_benchmark.json")
     (out / "fn_benchmark.md").write_text(markdown(rows, ratios, header, detect))
     if rows:
         chart(rows, out / "fn_benchmark.png")
