@@ -57,6 +57,28 @@ def test_guide_reads_guide_features_not_the_model() -> None:
     assert sum(map(sum, off(i2t))) == 1 and sum(map(sum, off(t2i))) == 1
 
 
+def test_guide_text_anchor_decides_each_pair_once_against_the_caption() -> None:
+    torch.manual_seed(0)
+    gi, gt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    gt[2] = F.normalize(gi[2] + 1.2 * gi[4], dim=0)  # partial: image 4 matches it too
+    batch = LossBatch(guide_image_features=gi, guide_text_features=gt)
+    i2t, t2i = est("guide", torch.zeros(6, 6), batch, guide_anchor="text")
+    g = gt @ gi.T  # caption rows x image columns
+    expect = (g > g.diag()[:, None]).float()  # GIST, margin 0, against the caption's positive
+    assert torch.equal(t2i, expect) and torch.equal(i2t, expect.T)
+    assert t2i[2, 4] == 1 and i2t[4, 2] == 1
+    # "row" compares the image row against its own positive instead: the two can disagree.
+    row_i2t, row_t2i = est("guide", torch.zeros(6, 6), batch)
+    assert torch.equal(row_t2i, t2i) and torch.equal(row_i2t, (g.diag()[:, None] < g.T).float())
+    assert not torch.equal(row_i2t, i2t)
+    # Local rows (a rank's slice of the global batch) read the same decisions.
+    fn = ESTIMATORS["guide"](LossConfig(estimator="guide", guide_anchor="text"))
+    li2t, lt2i = fn(EstimatorInput(torch.zeros(2, 6), torch.zeros(2, 6), 2, batch, 0))
+    assert torch.equal(li2t, i2t[2:4]) and torch.equal(lt2i, t2i[2:4])
+    with pytest.raises(ValueError, match="guide_anchor"):
+        LossConfig(guide_anchor="image")
+
+
 def test_duplicate_caption_keys_and_image_hashes() -> None:
     caps = ["A red circle.", "a RED   circle", "a blue square", "a green star"]
     keys = torch.tensor([caption_key(c) for c in caps])

@@ -49,6 +49,13 @@ from clipserve.serving.bundle import (
     sha256_file,
 )
 from clipserve.training.export_attention import batch_first_attention
+from clipserve.training.export_pooled import (
+    PooledBlock,
+    pooled_image_features,
+    pooled_text_block,
+    transformer_supported,
+    vision_supported,
+)
 from clipserve.training.model import LoadedModel, ModelSpec, create_model, load_checkpoint
 from clipserve.training.tokenizer_export import write_clip_tokenizer
 from clipserve.training.variants import add_variants
@@ -62,13 +69,23 @@ IMAGE_INPUT, TEXT_INPUT, OUTPUT = "pixel_values", "input_ids", "embeddings"
 
 
 class ImageTower(nn.Module):
-    """pixel_values float32 [N,3,H,W] -> L2-normalised embeddings float32 [N,D]."""
+    """pixel_values float32 [N,3,H,W] -> L2-normalised embeddings float32 [N,D].
+
+    An open_clip ViT with class-token pooling runs its last block at the class token only
+    (`export_pooled`); any other image tower runs ``encode_image`` as it is."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
+        visual: Any = getattr(model, "visual", None)
+        self.pooled = visual is not None and vision_supported(visual)
+        if self.pooled:
+            self.last = PooledBlock(visual.transformer.resblocks[-1])
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.pooled:
+            features = pooled_image_features(self.model.visual, self.last, pixel_values)
+            return F.normalize(features, dim=-1)
         return F.normalize(self.model.encode_image(pixel_values), dim=-1)
 
 
@@ -76,7 +93,8 @@ class TextTower(nn.Module):
     """input_ids int64 [N,L], L <= context_length -> L2-normalised embeddings float32 [N,D].
 
     Re-states open_clip's ``CLIP.encode_text`` with the positional embedding and causal mask
-    sliced to L; pooling takes the features at argmax(input_ids), the EOT token.
+    sliced to L; pooling takes the features at argmax(input_ids), the EOT token, and the last
+    block computes that token alone (`export_pooled`) when the transformer is the plain one.
     """
 
     attn_mask: torch.Tensor  # [context_length, context_length] additive causal mask
@@ -90,14 +108,22 @@ class TextTower(nn.Module):
         self.ln_final = parts["ln_final"]
         self.text_projection = parts["text_projection"]
         self.register_buffer("attn_mask", parts["attn_mask"], persistent=False)
+        self.pooled = transformer_supported(self.transformer)
+        if self.pooled:
+            self.last = PooledBlock(self.transformer.resblocks[-1])
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         seq_len = input_ids.shape[1]
         x = self.token_embedding(input_ids)  # [N, L, W]
         x = x + self.positional_embedding[:seq_len]
-        x = self.transformer(x, attn_mask=self.attn_mask[:seq_len, :seq_len])
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0]), input_ids.argmax(dim=-1)]  # [N, W] at EOT
+        mask = self.attn_mask[:seq_len, :seq_len]
+        eot = input_ids.argmax(dim=-1)
+        if self.pooled:
+            x = pooled_text_block(self.transformer, self.last, x, mask, eot)  # [N, W] at EOT
+            x = self.ln_final(x)
+        else:
+            x = self.transformer(x, attn_mask=mask)
+            x = self.ln_final(x)[torch.arange(x.shape[0]), eot]  # [N, W] at EOT
         if isinstance(self.text_projection, nn.Linear):
             x = self.text_projection(x)
         elif self.text_projection is not None:

@@ -14,6 +14,7 @@ ESTIMATORS = ("none", "em", "margin", "guide", "duplicate", "cluster", "oracle")
 POLICIES = ("drop", "downweight", "positive")
 HARDNESS = ("none", "hn-nce", "hcl")
 MARGIN_MODES = ("absolute", "relative")
+GUIDE_ANCHORS = ("row", "text")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class LossConfig:
     # margin = -0.1) or relative: thr(p) = p - |p| * margin (NV-Retriever PercPos 95% = 0.05).
     margin_mode: str = "absolute"
     margin: float = 0.0
+    # guide estimator: whose guide positive a pair is compared against. "row": each direction
+    # its row's own (GISTEmbed's per-query rule; the image row and the text row of one pair
+    # may disagree); "text": each (caption, image) pair is decided once, against the
+    # caption's own positive, and both directions use that decision (the caption says what
+    # is relevant; an image has no one "positive caption" when captions are partial).
+    guide_anchor: str = "row"
     # em estimator (EMCRL): E-step sharpness gamma, random negative->positive flip probability,
     # and the seed of the per-step flip generator (seeded by em_seed and the optimizer step).
     em_gamma: float = 1.2
@@ -69,6 +76,7 @@ class LossConfig:
         one_of("policy", self.policy, POLICIES)
         one_of("hardness", self.hardness, HARDNESS)
         one_of("margin_mode", self.margin_mode, MARGIN_MODES)
+        one_of("guide_anchor", self.guide_anchor, GUIDE_ANCHORS)
         if not 0.0 < self.fn_threshold <= 1.0:
             raise ValueError(f"loss.fn_threshold must be in (0, 1], got {self.fn_threshold}.")
         if not math.isfinite(self.margin):
