@@ -53,8 +53,10 @@ def test_workers_run_each_run_once_and_resume(tmp_path: Path) -> None:
     assert not (journal.parent / "shards").exists()
     assert (tmp_path / "out" / "fn_benchmark.md").is_file()
 
-    # Nothing left: a second start trains nothing.
+    # Nothing left: a second start trains nothing, and its report says whose runs it shows.
     assert "worker processes" not in _bench(tmp_path).stdout
+    header = (tmp_path / "out" / "fn_benchmark.md").read_text().splitlines()[0]
+    assert "(6 of the 6 runs were done by an earlier invocation)" in header
 
     # An interrupted benchmark: one run missing from the results, its claim left behind by
     # the dead worker, and another run finished only in a worker's shard file.

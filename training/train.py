@@ -470,7 +470,8 @@ config sections (every key can be overridden as section.key=value):
   [optim]     lr, warmup_steps, epochs or max_steps, weight_decay, grad_clip_norm
   [loss]      name = clip | siglip; estimator = none | em | margin | guide | duplicate |
               cluster | oracle (false-negative detector); policy = drop | downweight |
-              positive; hardness = none | hn-nce | hcl; margin, margin_mode, fn_threshold
+              positive; hardness = none | hn-nce | hcl; margin, margin_mode, fn_threshold;
+              guide_anchor = row | text (guide: per direction, or each pair once by caption)
   [sampling]  mode = random | hard_batches | mined_negatives; mined (a `clipserve mine`
               output; unset = mine with the starting weights); remine_every_epochs
   [run]       output_dir, seed, device, precision, threads, eval_every, save_every_steps
