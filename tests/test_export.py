@@ -40,10 +40,11 @@ def test_image_tower_matches_torch(tiny_bundle: Path, tiny_model, batch: int) ->
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_image_tower_is_exported_with_fused_gelu(tiny_bundle: Path) -> None:
-    """fuse_image_tower ran: the MLPs' erf-based GELU became ORT's fused BiasGelu (the parity
-    test above covers its numbers)."""
-    ops = [n.op_type for n in onnx.load(str(tiny_bundle / "image.onnx")).graph.node]
+@pytest.mark.parametrize("tower", ["image.onnx", "text.onnx"])
+def test_towers_are_exported_with_fused_gelu(tiny_bundle: Path, tower: str) -> None:
+    """fuse_tower ran: the MLPs' erf-based GELU became ORT's fused BiasGelu (the parity tests
+    cover its numbers)."""
+    ops = [n.op_type for n in onnx.load(str(tiny_bundle / tower)).graph.node]
     assert "BiasGelu" in ops and "Erf" not in ops
 
 

@@ -5,9 +5,9 @@ Why a second CPU engine: on this project's x86 machine OpenVINO runs the ViT-B-3
 throughput on a CPU is bound by the engine, not by the server around it.
 
 - **Same files.** It reads the bundle's ONNX towers; OpenVINO's ONNX frontend converts them at
-  startup. The one ONNX Runtime-specific op `clipserve export` writes (``BiasGelu``, from its
-  offline fusion) is expanded back to standard ops first (`expand_ort_ops`), so OpenVINO
-  applies its own fusions to a plain graph.
+  startup. The ONNX Runtime-specific ops `clipserve export` writes (``BiasGelu`` and
+  ``Gelu``, from its offline fusion) are expanded back to standard ops first
+  (`expand_ort_ops`), so OpenVINO applies its own fusions to a plain graph.
 - **fp32, always.** On CPUs with AMX or AVX512-BF16 OpenVINO computes in bf16 unless told
   otherwise; ``INFERENCE_PRECISION_HINT=f32`` keeps the numbers those of the fp32 towers
   (checked at startup like every backend: the server's warm-up embeds before serving).
@@ -42,22 +42,25 @@ from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_
 
 
 def expand_ort_ops(model: onnx.ModelProto) -> int:
-    """Rewrite, in place, ONNX Runtime's ``com.microsoft.BiasGelu(x, b)`` as the exact (erf)
-    GELU of ``x + b`` in standard ops; returns how many nodes were expanded."""
+    """Rewrite, in place, ONNX Runtime's ``com.microsoft.BiasGelu(x, b)`` and
+    ``com.microsoft.Gelu(x)`` as the exact (erf) GELU of ``x + b`` (or ``x``) in standard
+    ops; returns how many nodes were expanded."""
     graph = model.graph
     consts = {"half": 0.5, "one": 1.0, "rsqrt2": float(1 / np.sqrt(2.0))}
     names = {k: f"_clipserve_gelu_{k}" for k in consts}
     nodes: list[onnx.NodeProto] = []
     expanded = 0
     for node in graph.node:
-        if node.domain != "com.microsoft" or node.op_type != "BiasGelu":
+        if node.domain != "com.microsoft" or node.op_type not in ("BiasGelu", "Gelu"):
             nodes.append(node)
             continue
-        x, bias = node.input
         y = node.output[0]
         p = f"_clipserve_gelu_{expanded}"
+        if node.op_type == "BiasGelu":
+            nodes.append(helper.make_node("Add", list(node.input), [f"{p}_x"]))
+        else:
+            nodes.append(helper.make_node("Identity", [node.input[0]], [f"{p}_x"]))
         nodes += [
-            helper.make_node("Add", [x, bias], [f"{p}_x"]),
             helper.make_node("Mul", [f"{p}_x", names["rsqrt2"]], [f"{p}_s"]),
             helper.make_node("Erf", [f"{p}_s"], [f"{p}_e"]),
             helper.make_node("Add", [f"{p}_e", names["one"]], [f"{p}_e1"]),
