@@ -239,7 +239,8 @@ def fuse_tower(path: Path) -> None:
     options.enable_attention = False  # the causal text mask is not a pattern it knows
     # Its symbolic shape inference fails on these graphs, as expected (the fusions used here
     # do not need it); it says so on stdout and through several module-level loggers.
-    logging.disable(logging.WARNING)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             fused = optimize_model(
@@ -252,7 +253,7 @@ def fuse_tower(path: Path) -> None:
             )
         fused.save_model_to_file(str(path))
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
 
 
 @dataclass(frozen=True)

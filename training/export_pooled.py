@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipserve.training.export_attention import supported
+
 
 def _plain_block(block: nn.Module) -> bool:
     attn = getattr(block, "attn", None)
@@ -30,13 +32,7 @@ def _plain_block(block: nn.Module) -> bool:
     if hasattr(block, "ln_1_kv") or attn is None:
         return False
     if isinstance(attn, nn.MultiheadAttention):
-        return bool(
-            attn.batch_first
-            and attn._qkv_same_embed_dim
-            and attn.in_proj_weight is not None
-            and attn.bias_k is None
-            and not attn.add_zero_attn
-        )
+        return supported(attn)  # what BatchFirstAttention can express, this block can too
     # export_attention.BatchFirstAttention (swapped in for the export) has the same weights.
     return all(hasattr(attn, n) for n in ("in_proj_weight", "in_proj_bias", "out_proj"))
 
@@ -78,8 +74,9 @@ class PooledBlock(nn.Module):
         w, b = attn.in_proj_weight.detach(), attn.in_proj_bias
         width = w.shape[1]
         self.heads, self.head_dim = attn.num_heads, width // attn.num_heads
-        self.q = nn.Linear(width, width, bias=b is not None)
-        self.kv = nn.Linear(width, 2 * width, bias=b is not None)
+        like = {"device": w.device, "dtype": w.dtype}
+        self.q = nn.Linear(width, width, bias=b is not None, **like)
+        self.kv = nn.Linear(width, 2 * width, bias=b is not None, **like)
         with torch.no_grad():
             self.q.weight.copy_(w[:width])
             self.kv.weight.copy_(w[width:])

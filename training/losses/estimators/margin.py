@@ -17,12 +17,16 @@ from clipserve.training.losses.config import LossConfig
 from clipserve.training.losses.estimators.base import EstimatorInput
 
 
+def positive_threshold(pos: torch.Tensor, mode: str, margin: float) -> torch.Tensor:
+    """thr(p) for positives p (any shape): a candidate scoring above it is suspected."""
+    return pos - margin if mode == "absolute" else pos - pos.abs() * margin
+
+
 def threshold_mask(sim: torch.Tensor, row_offset: int, mode: str, margin: float) -> torch.Tensor:
     """(R, C) similarities -> (R, C) float 0/1: sim[a, k] > thr(sim[a, positive of a])."""
     rows = torch.arange(sim.shape[0], device=sim.device)
     pos = sim[rows, rows + row_offset].unsqueeze(1)  # (R, 1)
-    thr = pos - margin if mode == "absolute" else pos - pos.abs() * margin
-    return (sim > thr).to(sim.dtype)
+    return (sim > positive_threshold(pos, mode, margin)).to(sim.dtype)
 
 
 class MarginEstimator:
