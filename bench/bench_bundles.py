@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from clipserve.serving.bundle import load_manifest
+from clipserve.serving.bundle import BundleError, load_manifest
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=8, help="image repetitions (text: 4x as many)")
     args = p.parse_args(argv)
-    old, new = load_manifest(args.old), load_manifest(args.new)
+    try:
+        old, new = load_manifest(args.old), load_manifest(args.new)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if (old.image.file, old.text.file) != (new.image.file, new.text.file):
         print("error: the two bundles name different tower files", file=sys.stderr)
         return 2
