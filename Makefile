@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 WORK    ?= work
 STAMP   := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-train
 
 .DEFAULT_GOAL := help
 TRITON_ENV := .triton-env
@@ -14,14 +15,20 @@ PEER_VENV := .bench-venv/infinity
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# What `make demo` needs (clipserve + [train]); the tests and tools add [dev] on top of it, so
+# a first `make demo` does not wait for linters, Triton's client or OpenVINO.
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train]'
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
-	touch $(STAMP)
+	touch $@
 
 install: $(STAMP)  ## create .venv and install clipserve with [train,dev]
 
-demo: $(STAMP)  ## synth data -> fine-tune -> eval -> ONNX bundle -> gRPC server -> Qdrant -> queries
+demo: $(RUN_STAMP)  ## synth data -> fine-tune -> eval -> ONNX bundle -> gRPC server -> Qdrant -> queries
 	$(BIN)/clipserve demo --workdir $(WORK) $(DEMO_ARGS)
 
 test: $(STAMP) node-deps $(TRITON_ENV)/.installed  ## run the whole test suite (unit + integration)
