@@ -12,8 +12,11 @@ tokenized / preprocessed, so it is the ceiling), and the ratio is printed.
 
 The raw side runs the server's own engine configuration: as many ONNX Runtime sessions as the
 server has inference workers, each with the server's intra-op threads, called concurrently
-from that many threads (ONNX Runtime releases the GIL), their items/s summed. Both default to
-`clipserve serve`'s defaults (2 workers, the usable CPUs split between them).
+from that many threads (ONNX Runtime releases the GIL), their items/s summed. The server runs
+`--backend onnxruntime` (this script's default) so both sides use the same engine; with
+`--backend openvino` both sides run OpenVINO (one compiled model, a stream per worker, as the
+server does). Workers and threads default to `clipserve serve`'s defaults (2 workers, the
+usable CPUs split between them).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -136,13 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inference-workers", type=int, default=defaults["inference_workers"])
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="0 = the server's default (usable CPUs / inference workers)")  # fmt: skip
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="the engine of both sides: the server's --backend and the raw calls")  # fmt: skip
     args = p.parse_args(argv)
     bundle = Path(args.bundle) if args.bundle else random_bundle(args.model)
     manifest = load_manifest(bundle)
     tokenizer = ClipTokenizer.from_bundle(bundle, manifest)
     workers = args.inference_workers
     threads = args.intra_op_threads or max(1, usable_cpus() // workers)  # the server's rule
-    raws = [OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads) for _ in range(workers)]
+    if args.backend == "openvino":  # one compiled model with a stream per worker, as served
+        from clipserve.serving.backends.openvino_backend import OpenVinoBackend
+
+        shared = OpenVinoBackend(bundle, manifest, streams=workers, threads_per_stream=threads)
+        raws: list[Any] = [shared] * workers
+    else:
+        raws = [
+            OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads) for _ in range(workers)
+        ]
     slice_s = args.seconds / args.rounds
     jpegs = [small_jpeg(i) for i in range(8)]
     contents = {
@@ -161,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         px = np.stack([pixels[i % len(pixels)] for i in range(b)])
         return raw_items_per_s([lambda r=r: r.embed_images(px) for r in raws], b, min(slice_s, 3))
 
-    flags = ["--max-batch", str(args.max_batch), "--inference-workers", str(workers),
+    flags = ["--backend", args.backend,
+             "--max-batch", str(args.max_batch), "--inference-workers", str(workers),
              "--intra-op-threads", str(threads),
              "--max-in-flight", str(max(args.concurrency) + 8), "--metrics-port", "0"]  # fmt: skip
-    print(f"{manifest.model_name} (random weights), server flags: {' '.join(flags)}; raw ORT: "
-          f"{workers} concurrent session(s) x {threads} thread(s); {args.seconds:.0f} s per "
+    print(f"{manifest.model_name} (random weights), server flags: {' '.join(flags)}; raw "
+          f"{args.backend}: {workers} concurrent caller(s) x {threads} thread(s); {args.seconds:.0f} s per "
           "point; CPU only", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         # --metrics-port 0 would pick a random port we cannot see from here: use a fixed one.

@@ -308,6 +308,23 @@ def raw_ort(bundle: Path, batch: int, threads: int | None) -> dict[str, float]:
     return out
 
 
+def _write_results(work: Path, engine: str, raw: dict[str, float], runs: list[dict]) -> None:
+    doc = {"clipserve_engine": engine, "raw_ort": raw, "runs": runs}
+    (work / "results.json").write_text(json.dumps(doc, indent=2))
+
+
+def _engine(addr: str) -> str:
+    """What the running clipserve computes with, from its Info RPC: "openvino (OpenVINO ...)"."""
+    from clipserve.serving.client import ClipServeClient
+
+    client = ClipServeClient(addr)
+    try:
+        info = client.info()
+    finally:
+        client.close()
+    return f"{info.backend} ({', '.join(info.providers)}, {info.precision})"
+
+
 @contextlib.contextmanager
 def clipserve_server(bundle: Path, args: argparse.Namespace, work: Path) -> Iterator[str]:
     """`clipserve serve` on the bundle, as a subprocess; yields its address."""
@@ -454,12 +471,15 @@ def main(argv: list[str] | None = None) -> int:
 
     dim = load_manifest(bundle).embed_dim
     results: list[dict[str, Any]] = []
+    engine = "-"
     with contextlib.ExitStack() as stack:
         # Both servers stay up (idle while the other is measured) and every cell runs on one,
         # then the other, in alternating order: both see the machine at the same minutes.
         servers = []
         if not args.no_clipserve:
             servers.append(("clipserve", stack.enter_context(clipserve_server(bundle, args, work))))
+            engine = _engine(servers[-1][1])
+            print(f"clipserve engine: {engine}", flush=True)
         if not args.no_peer:
             servers.append(("infinity", stack.enter_context(infinity_server(args, work))))
         cells = [(sc, c) for sc in args.scenarios for c in args.concurrency]
@@ -467,15 +487,13 @@ def main(argv: list[str] | None = None) -> int:
             for target, addr in servers if k % 2 == 0 else servers[::-1]:
                 results += _load(target, addr, dim if target == "clipserve" else 512, args,
                                  scenario, c)  # fmt: skip
-                (work / "results.json").write_text(
-                    json.dumps({"raw_ort": raw, "runs": results}, indent=2)
-                )
+                _write_results(work, engine, raw, results)
     raw_after = raw_ort(bundle, args.server_batch, args.threads)
     print("raw ORT items/s after:", {k: round(v, 1) for k, v in raw_after.items()}, flush=True)
     raw = {k: (v + raw_after[k]) / 2 for k, v in raw.items()}  # the mean of both ends
-    table = report(results, raw, args)
+    table = f"clipserve engine: {engine}\n" + report(results, raw, args)
     print("\n" + table)
-    (work / "results.json").write_text(json.dumps({"raw_ort": raw, "runs": results}, indent=2))
+    _write_results(work, engine, raw, results)
     (work / "results.md").write_text(table + "\n")
     plot(results, args, work / "results.png")
     print(f"\nwrote {work / 'results.json'}, results.md, results.png")

@@ -17,7 +17,7 @@ from clipserve.index.base import check_collection_name
 ENV_PREFIX = "CLIPSERVE_"
 MiB = 1 << 20
 
-BACKENDS = ("onnxruntime", "openvino", "triton")
+BACKENDS = ("auto", "onnxruntime", "openvino", "triton")
 MODEL_VARIANTS = ("default", "fp16", "int8")
 
 # The index's rule (names become directories of the embedded engine), stated for clients.
@@ -84,8 +84,9 @@ class ServerConfig:
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS only
     tls_key: Path | None = None
     # Backend (serving/backends/backend_factory.py): in-process ONNX Runtime or OpenVINO, or a
-    # Triton server.
-    backend: str = "onnxruntime"  # "onnxruntime" | "openvino" | "triton"
+    # Triton server. "auto": OpenVINO for fp32 on the CPU when it is installed (the faster CPU
+    # engine, measured in docs/benchmarks.md), else ONNX Runtime (`resolve_backend`).
+    backend: str = "auto"  # "auto" | "onnxruntime" | "openvino" | "triton"
     triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint (backend "triton")
     # Batches in flight to Triton at once, both towers together (in place of
     # inference_workers, which bounds local threads): a remote call holds no thread, and

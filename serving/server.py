@@ -35,7 +35,7 @@ from clipserve.index.factory import open_index
 from clipserve.proto.v1 import clipserve_pb2 as pb
 from clipserve.proto.v1 import clipserve_pb2_grpc as pb_grpc
 from clipserve.serving.backends.backend import BackendStartupError, EmbeddingBackend
-from clipserve.serving.backends.backend_factory import make_backend
+from clipserve.serving.backends.backend_factory import make_backend, resolve_backend
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
 from clipserve.serving.config import BACKENDS, ServerConfig
 from clipserve.serving.embedding import memory
@@ -172,7 +172,7 @@ def _make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
     try:
         return make_backend(config, manifest)
     except BackendStartupError as exc:
-        raise StartupError(f"backend {config.backend}: {exc}") from exc
+        raise StartupError(f"backend {resolve_backend(config)[0]}: {exc}") from exc
 
 
 def _build_grpc_server(
@@ -286,7 +286,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-s", type=float, help=f"drain time on stop (default {d['grace_s'].default})"
     )
-    p.add_argument("--backend", choices=BACKENDS, help="default onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="default auto: OpenVINO for fp32 on the CPU when installed (faster there), "
+        "else ONNX Runtime",
+    )
     p.add_argument("--triton-url", help="Triton gRPC HOST:PORT (with --backend triton)")
     p.add_argument(
         "--triton-max-inflight",
@@ -355,10 +360,11 @@ async def _serve(config: ServerConfig, port_file: Path | None) -> None:
             f"{service.embedder.inference_slots} workers x "
             f"{config.resolved_intra_op_threads} threads"
         )
+    _, why = resolve_backend(config)
     log.info(
-        "serving %s version %s (dim %d) on %s:%d | backend %s %s, %s | index %s collection %r",
+        "serving %s version %s (dim %d) on %s:%d | backend %s (%s) %s, %s | index %s collection %r",
         info.model_name, info.model_version[:12], info.dim, config.host, port,
-        info.backend, ",".join(info.providers), inference, info.index_kind,
+        info.backend, why, ",".join(info.providers), inference, info.index_kind,
         info.default_collection,
     )  # fmt: skip
     mport = metrics_port(server)

@@ -17,7 +17,10 @@ pytest.importorskip("openvino")
 from helpers import BackgroundServer  # noqa: E402
 
 from clipserve.serving.backends.backend import BackendStartupError  # noqa: E402
-from clipserve.serving.backends.backend_factory import make_backend  # noqa: E402
+from clipserve.serving.backends.backend_factory import (  # noqa: E402
+    make_backend,
+    resolve_backend,
+)
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.backends.openvino_backend import (  # noqa: E402
     OpenVinoBackend,
@@ -133,6 +136,50 @@ def test_factory_names_the_install_when_openvino_is_missing(
     config = ServerConfig(bundle=tiny_bundle, index_path=tmp_path, backend="openvino")
     with pytest.raises(BackendStartupError, match=r"pip install 'clipserve\[openvino\]'"):
         make_backend(config, load_manifest(tiny_bundle))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, "openvino"),  # the default: fp32 on the CPU, OpenVINO installed
+        ({"model_variant": "int8"}, "onnxruntime"),
+        ({"providers": "CPUExecutionProvider"}, "onnxruntime"),
+        ({"backend": "onnxruntime"}, "onnxruntime"),
+        ({"backend": "openvino"}, "openvino"),
+    ],
+)
+def test_auto_backend_is_openvino_for_fp32_on_the_cpu(
+    tiny_bundle: Path, tmp_path: Path, overrides: dict, expected: str
+) -> None:
+    config = ServerConfig(bundle=tiny_bundle, index_path=tmp_path, **overrides)
+    assert resolve_backend(config)[0] == expected
+
+
+def test_auto_backend_falls_back_to_onnxruntime_and_says_why(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ServerConfig(bundle=tiny_bundle, index_path=tmp_path)
+    available = ort.get_available_providers()
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available]
+    )
+    assert resolve_backend(config) == (
+        "onnxruntime", "this onnxruntime build has CUDAExecutionProvider"
+    )  # fmt: skip
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
+    backend, why = resolve_backend(config)
+    assert backend == "onnxruntime" and "pip install 'clipserve[openvino]'" in why
+    with_auto = make_backend(config, load_manifest(tiny_bundle))
+    try:
+        assert with_auto.info.name == "onnxruntime"
+    finally:
+        with_auto.close()
 
 
 def test_served_over_grpc(tiny_bundle: Path, tmp_path: Path, backends) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import io
 import os
 import re
@@ -287,7 +288,11 @@ def test_info_reports_model_and_limits(client: ClipServeClient, tiny_bundle: Pat
     assert info.limits.max_batch == 8 and info.limits.max_top_k == 50
     assert info.limits.max_image_bytes == 200_000 and info.limits.max_text_chars == 300
     assert info.limits.context_length == 32 and info.limits.max_in_flight >= 1
-    assert info.backend == "onnxruntime" and "CPUExecutionProvider" in info.providers
+    # The default backend ("auto"): OpenVINO where it is installed, as in `make test`'s venv.
+    if importlib.util.find_spec("openvino") is not None:
+        assert info.backend == "openvino" and info.providers[0].startswith("OpenVINO ")
+    else:
+        assert info.backend == "onnxruntime" and "CPUExecutionProvider" in info.providers
     assert info.index_kind == "qdrant-edge" and info.default_collection == "clipserve"
 
 

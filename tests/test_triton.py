@@ -228,7 +228,7 @@ def test_clipserve_serve_backend_triton_end_to_end(
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out
-    assert "backend triton triton:python, up to 3 batches in flight" in out, out
+    assert "backend triton (asked for) triton:python, up to 3 batches in flight" in out, out
 
 
 def test_triton_down_at_startup_is_a_clear_error(tiny_bundle: Path, tmp_path: Path) -> None:
