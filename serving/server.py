@@ -273,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--intra-op-threads",
         type=int,
-        help="ONNX Runtime threads per batch (default: CPUs / inference workers)",
+        help="engine threads per batch (default: CPUs / inference workers)",
     )
     p.add_argument("--max-batch-wait-us", type=int, help="longest wait for a batch to fill")
     p.add_argument("--max-inflight-pixels", type=int, help="decoded-pixel budget, all requests")
