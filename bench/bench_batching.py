@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         flags[flags.index("--metrics-port") + 1] = str(mport)
         with ServerProcess(bundle, Path(tmp), *flags) as server:
             print(f"{'modality':<8} {'clients':>7} {'server/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'mean batch':>10} {'raw ORT/s':>9} {'ratio':>6}  errors")  # fmt: skip
+                  f"{'mean batch':>10} {'raw/s':>9} {'ratio':>6}  errors")  # fmt: skip
             for modality in args.modalities:
                 for clients in args.concurrency:
                     # Rounds of (server, then raw ORT) so load spikes from other jobs hit
