@@ -182,6 +182,30 @@ def test_auto_backend_falls_back_to_onnxruntime_and_says_why(
         with_auto.close()
 
 
+def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_load_the_bundle(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import clipserve.serving.backends.openvino_backend as ov_module
+
+    def cannot(*args, **kwargs):
+        raise BackendStartupError("OpenVINO cannot compile image.onnx: unsupported op")
+
+    monkeypatch.setattr(ov_module, "OpenVinoBackend", cannot)
+    manifest = load_manifest(tiny_bundle)
+    backend = make_backend(ServerConfig(bundle=tiny_bundle, index_path=tmp_path), manifest)
+    try:
+        assert backend.info.name == "onnxruntime"
+    finally:
+        backend.close()
+    assert "OpenVINO cannot run this bundle (OpenVINO cannot compile image.onnx" in caplog.text
+    named = ServerConfig(bundle=tiny_bundle, index_path=tmp_path, backend="openvino")
+    with pytest.raises(BackendStartupError, match="unsupported op"):
+        make_backend(named, manifest)  # asked for by name: the operator's error
+
+
 def test_served_over_grpc(tiny_bundle: Path, tmp_path: Path, backends) -> None:
     _, ort_backend = backends
     config = ServerConfig(bundle=tiny_bundle, port=0, index_path=tmp_path, backend="openvino")

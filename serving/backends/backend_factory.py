@@ -10,16 +10,20 @@ because on this project's x86 machine it runs the ViT-B-32 image tower ~11 % fas
 Runtime and the text tower as fast (docs/benchmarks.md), and a CPU server's image throughput is
 the engine's; ONNX Runtime otherwise: a GPU provider in the onnxruntime build, an explicit
 ``--providers`` list, the int8 or fp16 variant, or no OpenVINO. Info, health and metrics name
-the engine in use, and the server logs the choice and its reason at startup.
+the engine in use, and the server logs the choice and its reason at startup; a bundle that
+OpenVINO cannot load falls back to ONNX Runtime under ``auto`` (with a warning).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 from clipserve.serving.backends.backend import BackendStartupError, EmbeddingBackend
 from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest
 from clipserve.serving.config import ServerConfig
+
+log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -43,32 +47,54 @@ def resolve_backend(config: ServerConfig) -> tuple[str, str]:
 
 
 def make_backend(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
+    """The backend `resolve_backend` picks. Under ``auto``, a bundle OpenVINO cannot load
+    (an op it does not know, a broken install) falls back to ONNX Runtime with a warning;
+    asked for by name, the failure is the operator's `BackendStartupError`."""
     backend, _ = resolve_backend(config)
     if backend == "triton":
-        try:
-            from clipserve.serving.backends.triton_backend import TritonBackend
-        except ImportError as exc:
-            raise BackendStartupError(
-                f"--backend triton needs tritonclient: pip install 'clipserve[triton]' ({exc})"
-            ) from exc
-        assert config.triton_url is not None  # ServerConfig checks it
-        return TritonBackend(config.triton_url, manifest, variant=config.model_variant)
+        return _triton(config, manifest)
     if backend == "openvino":
         try:
-            from clipserve.serving.backends.openvino_backend import OpenVinoBackend
-        except ImportError as exc:
-            raise BackendStartupError(
-                f"--backend openvino needs OpenVINO: pip install 'clipserve[openvino]' ({exc})"
-            ) from exc
-        if config.providers != "auto":
-            raise BackendStartupError("--providers is for --backend onnxruntime only")
-        return OpenVinoBackend(
-            config.bundle,
-            manifest,
-            streams=config.inference_workers,
-            threads_per_stream=config.resolved_intra_op_threads,
-            variant=config.model_variant,
-        )
+            return _openvino(config, manifest)
+        except BackendStartupError as exc:
+            if config.backend != "auto":
+                raise
+            log.warning(
+                "--backend auto: OpenVINO cannot run this bundle (%s); using ONNX Runtime", exc
+            )
+    return _onnxruntime(config, manifest)
+
+
+def _triton(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
+    try:
+        from clipserve.serving.backends.triton_backend import TritonBackend
+    except ImportError as exc:
+        raise BackendStartupError(
+            f"--backend triton needs tritonclient: pip install 'clipserve[triton]' ({exc})"
+        ) from exc
+    assert config.triton_url is not None  # ServerConfig checks it
+    return TritonBackend(config.triton_url, manifest, variant=config.model_variant)
+
+
+def _openvino(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
+    try:
+        from clipserve.serving.backends.openvino_backend import OpenVinoBackend
+    except ImportError as exc:
+        raise BackendStartupError(
+            f"--backend openvino needs OpenVINO: pip install 'clipserve[openvino]' ({exc})"
+        ) from exc
+    if config.providers != "auto":
+        raise BackendStartupError("--providers is for --backend onnxruntime only")
+    return OpenVinoBackend(
+        config.bundle,
+        manifest,
+        streams=config.inference_workers,
+        threads_per_stream=config.resolved_intra_op_threads,
+        variant=config.model_variant,
+    )
+
+
+def _onnxruntime(config: ServerConfig, manifest: Manifest) -> EmbeddingBackend:
     from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # loads onnxruntime
 
     return OnnxRuntimeBackend(
