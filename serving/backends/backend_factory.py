@@ -6,10 +6,11 @@ openvino, tritonclient) happens in one place. Failures that the operator can fix
 
 ``backend="auto"`` (the default) is resolved by `resolve_backend`: OpenVINO when the bundle's
 fp32 towers run on the CPU and OpenVINO is installed (``pip install 'clipserve[openvino]'``),
-because on this project's x86 machine it runs the ViT-B-32 image tower ~11 % faster than ONNX
-Runtime and the text tower about as fast (docs/benchmarks.md), and a CPU server's image
-throughput is the engine's; ONNX Runtime otherwise: a GPU provider in the onnxruntime build, an explicit
-``--providers`` list, the int8 or fp16 variant, or no OpenVINO. Info, health and metrics name
+because on this project's x86 machine it runs the ViT-B-32 image tower ~11 % faster than
+ONNX Runtime and the text tower about as fast (docs/benchmarks.md), and a CPU server's image
+throughput is the engine's; ONNX Runtime otherwise: a GPU provider in the onnxruntime build,
+an explicit ``--providers`` list, the int8 or fp16 variant, or no OpenVINO. Info, health and
+metrics name
 the engine in use, and the server logs the choice and its reason at startup; a bundle that
 OpenVINO cannot load falls back to ONNX Runtime under ``auto`` (with a warning).
 """
