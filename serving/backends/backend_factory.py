@@ -10,9 +10,8 @@ because on this project's x86 machine it runs the ViT-B-32 image tower ~11 % fas
 ONNX Runtime and the text tower about as fast (docs/benchmarks.md), and a CPU server's image
 throughput is the engine's; ONNX Runtime otherwise: a GPU provider in the onnxruntime build,
 an explicit ``--providers`` list, the int8 or fp16 variant, or no OpenVINO. Info, health and
-metrics name
-the engine in use, and the server logs the choice and its reason at startup; a bundle that
-OpenVINO cannot load falls back to ONNX Runtime under ``auto`` (with a warning).
+metrics name the engine in use, and the server logs the choice and its reason at startup; a
+bundle that OpenVINO cannot load falls back to ONNX Runtime under ``auto`` (with a warning).
 """
 
 from __future__ import annotations
