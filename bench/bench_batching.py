@@ -15,7 +15,8 @@ server has inference workers, each with the server's intra-op threads, called co
 from that many threads (ONNX Runtime releases the GIL), their items/s summed. The server runs
 `--backend onnxruntime` (this script's default) so both sides use the same engine; with
 `--backend openvino` both sides run OpenVINO (one compiled model, a stream per worker, as the
-server does). Workers and threads default to `clipserve serve`'s defaults (2 workers, the
+server does); with `--backend auto` (the server's default) both sides run images on OpenVINO
+and text on ONNX Runtime. Workers and threads default to `clipserve serve`'s defaults (2 workers, the
 usable CPUs split between them).
 """
 
@@ -140,23 +141,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inference-workers", type=int, default=defaults["inference_workers"])
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="0 = the server's default (usable CPUs / inference workers)")  # fmt: skip
-    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                   help="the engine of both sides: the server's --backend and the raw calls")  # fmt: skip
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "auto"), default="onnxruntime",
+                   help="the engine of both sides: the server's --backend and the raw calls "
+                        "(auto: images on OpenVINO, text on ONNX Runtime)")  # fmt: skip
     args = p.parse_args(argv)
     bundle = Path(args.bundle) if args.bundle else random_bundle(args.model)
     manifest = load_manifest(bundle)
     tokenizer = ClipTokenizer.from_bundle(bundle, manifest)
     workers = args.inference_workers
     threads = args.intra_op_threads or max(1, usable_cpus() // workers)  # the server's rule
-    if args.backend == "openvino":  # one compiled model with a stream per worker, as served
-        from clipserve.serving.backends.openvino_backend import OpenVinoBackend
 
-        shared = OpenVinoBackend(bundle, manifest, streams=workers, threads_per_stream=threads)
-        raws: list[Any] = [shared] * workers
-    else:
-        raws = [
-            OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads) for _ in range(workers)
-        ]
+    def engine(name: str, tower: str) -> list[Any]:
+        """The raw callers for one tower, as the server runs that engine."""
+        if name == "openvino":  # one compiled model with a stream per worker
+            from clipserve.serving.backends.openvino_backend import OpenVinoBackend
+
+            shared = OpenVinoBackend(bundle, manifest, streams=workers,
+                                     threads_per_stream=threads, towers=(tower,))  # fmt: skip
+            return [shared] * workers
+        return [OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads, towers=(tower,))
+                for _ in range(workers)]  # fmt: skip
+
+    engines = {"image": "openvino", "text": "onnxruntime"} if args.backend == "auto" else {}
+    raws = {t: engine(engines.get(t, args.backend), t) for t in args.modalities}
     slice_s = args.seconds / args.rounds
     jpegs = [small_jpeg(i) for i in range(8)]
     contents = {
@@ -171,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     def raw_at(modality: str, b: int) -> float:
         if modality == "text":
             x = tokenizer.pad([ids[i % len(ids)] for i in range(b)])
-            return raw_items_per_s([lambda r=r: r.embed_texts(x) for r in raws], b, min(slice_s, 3))
+            fns = [lambda r=r: r.embed_texts(x) for r in raws["text"]]
+            return raw_items_per_s(fns, b, min(slice_s, 3))
         px = np.stack([pixels[i % len(pixels)] for i in range(b)])
-        return raw_items_per_s([lambda r=r: r.embed_images(px) for r in raws], b, min(slice_s, 3))
+        fns = [lambda r=r: r.embed_images(px) for r in raws["image"]]
+        return raw_items_per_s(fns, b, min(slice_s, 3))
 
     flags = ["--backend", args.backend,
              "--max-batch", str(args.max_batch), "--inference-workers", str(workers),
@@ -216,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{statistics.median(ratios):>5.0%}  {errors}",
                         flush=True,
                     )
-    for r in raws:
-        r.close()
+    for callers in raws.values():
+        for r in set(callers):
+            r.close()
     print(f"one run per point; load average at the end: {_load()}")
     return 0
 

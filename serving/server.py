@@ -362,7 +362,7 @@ async def _serve(config: ServerConfig, port_file: Path | None) -> None:
         )
     chosen, why = resolve_backend(config)
     if info.backend != chosen:
-        why = f"{chosen} could not load the bundle, see the warning above"
+        why = f"fell back from {chosen}, see the warning above"
     log.info(
         "serving %s version %s (dim %d) on %s:%d | backend %s (%s) %s, %s | index %s collection %r",
         info.model_name, info.model_version[:12], info.dim, config.host, port,

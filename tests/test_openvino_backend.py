@@ -141,7 +141,7 @@ def test_factory_names_the_install_when_openvino_is_missing(
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({}, "openvino"),  # the default: fp32 on the CPU, OpenVINO installed
+        ({}, "openvino+onnxruntime"),  # the default: fp32 on the CPU, OpenVINO installed
         ({"model_variant": "int8"}, "onnxruntime"),
         ({"providers": "CPUExecutionProvider"}, "onnxruntime"),
         ({"backend": "onnxruntime"}, "onnxruntime"),
@@ -180,6 +180,50 @@ def test_auto_backend_falls_back_to_onnxruntime_and_says_why(
         assert with_auto.info.name == "onnxruntime"
     finally:
         with_auto.close()
+
+
+def test_auto_puts_images_on_openvino_and_text_on_onnxruntime(
+    tiny_bundle: Path, tmp_path: Path, backends
+) -> None:
+    _, ort_backend = backends
+    backend = make_backend(
+        ServerConfig(bundle=tiny_bundle, index_path=tmp_path), load_manifest(tiny_bundle)
+    )
+    try:
+        info = backend.info
+        assert (info.name, info.device, info.precision) == ("openvino+onnxruntime", "cpu", "fp32")
+        assert info.providers[0].startswith("OpenVINO ") and info.providers[0].endswith("(image)")
+        assert info.providers[1] == "CPUExecutionProvider (text)"
+        x = _pixels(3, 7)
+        np.testing.assert_allclose(
+            backend.embed_images(x), ort_backend.embed_images(x), atol=ATOL, rtol=0
+        )
+        ids = _ids(tiny_bundle, ["a red square", "two dogs on grass"])
+        np.testing.assert_allclose(
+            backend.embed_texts(ids), ort_backend.embed_texts(ids), atol=1e-6, rtol=0
+        )
+    finally:
+        backend.close()
+
+
+def test_a_backend_built_for_one_tower_refuses_the_other(tiny_bundle: Path) -> None:
+    ids = _ids(tiny_bundle, ["a red square"])
+    image_only = OpenVinoBackend(tiny_bundle, towers=("image",))
+    text_only = OnnxRuntimeBackend(tiny_bundle, towers=("text",))
+    try:
+        with pytest.raises(RuntimeError, match="without the text tower"):
+            image_only.embed_texts(ids)
+        with pytest.raises(RuntimeError, match="without the image tower"):
+            text_only.embed_images(_pixels(1, 0))
+        assert image_only.embed_images(_pixels(1, 0)).shape[0] == 1
+        assert text_only.embed_texts(ids).shape[0] == 1
+    finally:
+        image_only.close()
+        text_only.close()
+    with pytest.raises(ValueError, match="non-empty subset"):
+        OnnxRuntimeBackend(tiny_bundle, towers=())
+    with pytest.raises(ValueError, match="non-empty subset"):
+        OpenVinoBackend(tiny_bundle, towers=("audio",))
 
 
 def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_load_the_bundle(

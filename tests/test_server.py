@@ -289,8 +289,10 @@ def test_info_reports_model_and_limits(client: ClipServeClient, tiny_bundle: Pat
     assert info.limits.max_image_bytes == 200_000 and info.limits.max_text_chars == 300
     assert info.limits.context_length == 32 and info.limits.max_in_flight >= 1
     # The default backend ("auto"): OpenVINO where it is installed, as in `make test`'s venv.
-    if importlib.util.find_spec("openvino") is not None:
-        assert info.backend == "openvino" and info.providers[0].startswith("OpenVINO ")
+    if importlib.util.find_spec("openvino") is not None:  # images on OpenVINO, text on ORT
+        assert info.backend == "openvino+onnxruntime"
+        assert info.providers[0].startswith("OpenVINO ") and info.providers[0].endswith("(image)")
+        assert info.providers[1] == "CPUExecutionProvider (text)"
     else:
         assert info.backend == "onnxruntime" and "CPUExecutionProvider" in info.providers
     assert info.index_kind == "qdrant-edge" and info.default_collection == "clipserve"

@@ -14,6 +14,7 @@ awaits them on the event loop instead, so batches in flight are not bounded by l
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard, runtime_checkable
 
@@ -72,6 +73,15 @@ _ASYNC_METHODS = ("embed_images_async", "embed_texts_async", "aclose")
 def is_async_backend(backend: object) -> TypeGuard[AsyncEmbeddingBackend]:
     """Whether `backend` has the async interface: all three methods, as coroutine functions."""
     return all(inspect.iscoroutinefunction(getattr(backend, name, None)) for name in _ASYNC_METHODS)
+
+
+TOWERS = ("image", "text")
+
+
+def check_towers(towers: Sequence[str]) -> None:
+    """A backend's `towers` argument: a non-empty subset of ("image", "text")."""
+    if isinstance(towers, str) or not towers or any(t not in TOWERS for t in towers):
+        raise ValueError(f"towers must be a non-empty subset of {TOWERS}, got {towers!r}")
 
 
 def check_pixel_values(manifest: Manifest, pixel_values: object) -> np.ndarray:

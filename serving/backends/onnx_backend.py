@@ -28,6 +28,7 @@ from clipserve.serving.backends.backend import (
     BackendStartupError,
     check_input_ids,
     check_pixel_values,
+    check_towers,
 )
 from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_manifest
 
@@ -88,7 +89,9 @@ class OnnxRuntimeBackend:
         providers: str | Sequence[str] = "auto",
         intra_op_threads: int | None = None,
         variant: str = DEFAULT_VARIANT,
+        towers: Sequence[str] = ("image", "text"),
     ) -> None:
+        check_towers(towers)
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or load_manifest(self.bundle_dir)
         m = self.manifest
@@ -119,19 +122,22 @@ class OnnxRuntimeBackend:
             # CUDA/cuDNN from the nvidia-*-cu12 wheels, when that is how they were installed.
             ort.preload_dlls()
         with_options = _provider_options(requested, precision)
-        self._image = ort.InferenceSession(
-            str(self.bundle_dir / image_file), options, providers=with_options
-        )
-        self._text = ort.InferenceSession(
-            str(self.bundle_dir / text_file), options, providers=with_options
-        )
+
+        def session(file: str) -> ort.InferenceSession:
+            return ort.InferenceSession(
+                str(self.bundle_dir / file), options, providers=with_options
+            )
+
+        self._image = session(image_file) if "image" in towers else None
+        self._text = session(text_file) if "text" in towers else None
+        sessions = [s for s in (self._image, self._text) if s is not None]
         # What the sessions actually got: CUDA/TensorRT fall back to CPU, with only a log
         # line, when their libraries or the device are missing.
-        active = tuple(self._image.get_providers())
-        lost = [p for p in requested if p in _GPU_PROVIDERS and p not in active]
-        lost += [
-            p for p in requested if p in _GPU_PROVIDERS and p not in self._text.get_providers()
-        ]
+        active = tuple(sessions[0].get_providers())
+        lost = [
+            p for s in sessions for p in requested
+            if p in _GPU_PROVIDERS and p not in s.get_providers()
+        ]  # fmt: skip
         if lost and (explicit or variant != DEFAULT_VARIANT and precision == "fp16"):
             self.close()
             raise BackendStartupError(
@@ -153,11 +159,15 @@ class OnnxRuntimeBackend:
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values float32 [N,3,H,W] (H, W from the manifest) -> float32 [N,D]."""
         check_pixel_values(self.manifest, pixel_values)
+        if self._image is None:
+            raise RuntimeError("this backend was built without the image tower")
         return self._run(self._image, self.manifest.image, pixel_values)
 
     def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [N,L], 2 <= L <= context_length, zero-padded -> float32 [N,D]."""
         check_input_ids(self.manifest, input_ids)
+        if self._text is None:
+            raise RuntimeError("this backend was built without the text tower")
         return self._run(self._text, self.manifest.text, input_ids)
 
     def _run(self, session: ort.InferenceSession, spec: TowerSpec, x: np.ndarray) -> np.ndarray:
@@ -174,5 +184,5 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         # ORT frees a session when its last reference goes; drop ours.
-        self._image = None  # type: ignore[assignment]
-        self._text = None  # type: ignore[assignment]
+        self._image = None
+        self._text = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import queue
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from clipserve.serving.backends.backend import (
     BackendStartupError,
     check_input_ids,
     check_pixel_values,
+    check_towers,
 )
 from clipserve.serving.bundle import DEFAULT_VARIANT, Manifest, TowerSpec, load_manifest
 
@@ -108,7 +110,9 @@ class OpenVinoBackend:
         streams: int = 1,
         threads_per_stream: int = 1,
         variant: str = DEFAULT_VARIANT,
+        towers: Sequence[str] = ("image", "text"),
     ) -> None:
+        check_towers(towers)
         if variant != DEFAULT_VARIANT:
             raise BackendStartupError(
                 f"--backend openvino runs the bundle's default fp32 towers, not the {variant!r} "
@@ -127,10 +131,8 @@ class OpenVinoBackend:
             "NUM_STREAMS": streams,
             "INFERENCE_NUM_THREADS": streams * threads_per_stream,
         }
-        self._towers = {
-            "image": self._compile(core, bundle_dir, self.manifest.image, config),
-            "text": self._compile(core, bundle_dir, self.manifest.text, config),
-        }
+        specs = {"image": self.manifest.image, "text": self.manifest.text}
+        self._towers = {t: self._compile(core, bundle_dir, specs[t], config) for t in towers}
         self.info = BackendInfo(
             name="openvino",
             device="cpu",
@@ -159,12 +161,18 @@ class OpenVinoBackend:
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values float32 [N,3,H,W] (H, W from the manifest) -> float32 [N,D]."""
         check_pixel_values(self.manifest, pixel_values)
-        return self._towers["image"].run(np.ascontiguousarray(pixel_values))
+        return self._tower("image").run(np.ascontiguousarray(pixel_values))
 
     def embed_texts(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids int64 [N,L], 2 <= L <= context_length, zero-padded -> float32 [N,D]."""
         check_input_ids(self.manifest, input_ids)
-        return self._towers["text"].run(np.ascontiguousarray(input_ids))
+        return self._tower("text").run(np.ascontiguousarray(input_ids))
+
+    def _tower(self, name: str) -> _Tower:
+        tower = self._towers.get(name)
+        if tower is None:
+            raise RuntimeError(f"this backend was built without the {name} tower")
+        return tower
 
     def close(self) -> None:
         self._towers.clear()
