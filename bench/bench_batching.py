@@ -16,8 +16,8 @@ from that many threads (ONNX Runtime releases the GIL), their items/s summed. Th
 `--backend onnxruntime` (this script's default) so both sides use the same engine; with
 `--backend openvino` both sides run OpenVINO (one compiled model, a stream per worker, as the
 server does); with `--backend auto` (the server's default) both sides run images on OpenVINO
-and text on ONNX Runtime. Workers and threads default to `clipserve serve`'s defaults (2 workers, the
-usable CPUs split between them).
+and text on ONNX Runtime. Workers and threads default to `clipserve serve`'s defaults (2
+workers, the usable CPUs split between them).
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class ServerConfig:
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS only
     tls_key: Path | None = None
     # Backend (serving/backends/backend_factory.py): in-process ONNX Runtime or OpenVINO, or a
-    # Triton server. "auto": OpenVINO for fp32 on the CPU when it is installed (the faster CPU
-    # engine, measured in docs/benchmarks.md), else ONNX Runtime (`resolve_backend`).
+    # Triton server. "auto": for fp32 on a CPU with OpenVINO installed, images on OpenVINO and
+    # text on ONNX Runtime (each the faster there, docs/benchmarks.md), else ONNX Runtime for
+    # both (`backend_factory.resolve_backend`).
     backend: str = "auto"  # "auto" | "onnxruntime" | "openvino" | "triton"
     triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint (backend "triton")
     # Batches in flight to Triton at once, both towers together (in place of

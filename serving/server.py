@@ -289,8 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="default auto: OpenVINO for fp32 on the CPU when installed (faster there), "
-        "else ONNX Runtime",
+        help="default auto: on a CPU with OpenVINO installed, images on OpenVINO and text on "
+        "ONNX Runtime (fp32); else ONNX Runtime",
     )
     p.add_argument("--triton-url", help="Triton gRPC HOST:PORT (with --backend triton)")
     p.add_argument(

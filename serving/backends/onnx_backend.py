@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clipserve.serving.backends.backend import (
+    TOWERS,
     BackendInfo,
     BackendStartupError,
     check_input_ids,
@@ -89,7 +90,7 @@ class OnnxRuntimeBackend:
         providers: str | Sequence[str] = "auto",
         intra_op_threads: int | None = None,
         variant: str = DEFAULT_VARIANT,
-        towers: Sequence[str] = ("image", "text"),
+        towers: Sequence[str] = TOWERS,
     ) -> None:
         check_towers(towers)
         self.bundle_dir = Path(bundle_dir)

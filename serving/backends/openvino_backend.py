@@ -34,6 +34,7 @@ import openvino as ov  # an ImportError becomes backend_factory's "pip install" 
 from onnx import helper, numpy_helper
 
 from clipserve.serving.backends.backend import (
+    TOWERS,
     BackendInfo,
     BackendStartupError,
     check_input_ids,
@@ -110,7 +111,7 @@ class OpenVinoBackend:
         streams: int = 1,
         threads_per_stream: int = 1,
         variant: str = DEFAULT_VARIANT,
-        towers: Sequence[str] = ("image", "text"),
+        towers: Sequence[str] = TOWERS,
     ) -> None:
         check_towers(towers)
         if variant != DEFAULT_VARIANT:

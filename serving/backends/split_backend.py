@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipserve.serving.backends.backend import BackendInfo, EmbeddingBackend
+from clipserve.serving.backends.backend import BackendInfo, BackendStartupError, EmbeddingBackend
 
 
 class TowerSplitBackend:
@@ -23,7 +23,7 @@ class TowerSplitBackend:
     def __init__(self, image: EmbeddingBackend, text: EmbeddingBackend) -> None:
         a, b = image.info, text.info
         if (a.precision, a.model_variant) != (b.precision, b.model_variant):
-            raise ValueError(
+            raise BackendStartupError(
                 f"towers disagree on precision/variant: image {a.precision}/{a.model_variant}, "
                 f"text {b.precision}/{b.model_variant}"
             )
