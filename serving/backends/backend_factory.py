@@ -7,7 +7,7 @@ openvino, tritonclient) happens in one place. Failures that the operator can fix
 ``backend="auto"`` (the default) is resolved by `resolve_backend`. When the bundle's fp32 towers
 run on the CPU and OpenVINO is installed (``pip install 'clipserve[openvino]'``), each tower
 goes to the engine that serves it faster on this project's x86 machine (docs/benchmarks.md):
-the image tower to OpenVINO (~11 % more images/s than ONNX Runtime, and a CPU server's image
+the image tower to OpenVINO (7-11 % more images/s than ONNX Runtime, and a CPU server's image
 throughput is the engine's), the text tower to ONNX Runtime (6-18 % more captions/s served),
 as one `TowerSplitBackend`. ONNX Runtime runs both otherwise: a GPU provider in the onnxruntime
 build, an explicit ``--providers`` list, the int8 or fp16 variant, or no OpenVINO. Info, health

@@ -1,6 +1,6 @@
 """`TowerSplitBackend`: each tower on the engine that runs it faster.
 
-On this project's x86 machine OpenVINO runs the ViT-B-32 image tower ~11 % faster than ONNX
+On this project's x86 machine OpenVINO runs the ViT-B-32 image tower 7-11 % faster than ONNX
 Runtime, and ONNX Runtime serves the text tower 6-18 % faster than OpenVINO (small, frequent
 caption batches; alternated runs in docs/benchmarks.md). `--backend auto` therefore puts the
 image tower on OpenVINO and the text tower on ONNX Runtime when both can run the bundle's fp32
