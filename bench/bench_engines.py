@@ -32,7 +32,7 @@ from serving_harness import random_bundle  # noqa: E402
 
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.backends.openvino_backend import OpenVinoBackend  # noqa: E402
-from clipserve.serving.bundle import load_manifest  # noqa: E402
+from clipserve.serving.bundle import BundleError, load_manifest  # noqa: E402
 from clipserve.serving.config import usable_cpus  # noqa: E402
 
 
@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inference-workers", type=int, default=2)
     args = p.parse_args(argv)
     bundle = Path(args.bundle) if args.bundle else random_bundle(args.model)
-    manifest = load_manifest(bundle)
+    try:
+        manifest = load_manifest(bundle)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     workers = args.inference_workers
     threads = max(1, usable_cpus() // workers)  # the server's rule
     ort_backend = OnnxRuntimeBackend(bundle, manifest, intra_op_threads=threads)
