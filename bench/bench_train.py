@@ -121,6 +121,9 @@ def low_fn_runs() -> list[RunSpec]:
         RunSpec("hard+guide/drop", "hard_batches", GUIDE),
         RunSpec("random+guide/drop", "random", GUIDE),
         RunSpec("hard+margin/drop", "hard_batches", MARGIN),
+        # The high-fn winner must show no harm here too, beside its unfiltered sampling.
+        RunSpec("mined", "mined_negatives"),
+        RunSpec("mined+guide/drop", "mined_negatives", GUIDE, mined_filter="guide"),
         RunSpec("hard+guide-text/drop", "hard_batches", GUIDE_TEXT, extra=True),
     ]
 
@@ -624,8 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", default="work/bench-train", help="data, base model, runs (cached)")
     p.add_argument("--out", default="docs/results", help="where the results go")
     p.add_argument("--seeds", type=int, default=3)
-    # 57 runs x 100 steps in 2 worker processes + a 2000-step base: about 40 min on 2 cores
-    # (measured: the base 12 min, a run 55 s in each worker). A short base is too weak for
+    # 63 runs x 100 steps in 2 worker processes + a 2000-step base: about 40 min on a 2-core
+    # AVX-512 CPU (the base 12 min, a run 55 s in each worker), about 64 min on a slower one
+    # (18.5 min, 80 s). A short base is too weak for
     # fine distinctions to be what is left to learn (broad held-out R@1 0.05 after 400 steps
     # at batch 64), the regime the probe warned about; see docs/benchmarks.md.
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per run")
@@ -681,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python bench/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
         f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
     )
+    base_cached = (work / "base" / "checkpoints" / "latest.pt").is_file()
     base = base_model(work, args.base_steps)
     # Finished runs are journalled in the work directory (resume from there), never read
     # back from OUT: a fresh clone's committed docs/results must not count as done.
@@ -759,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = f" Total {time.perf_counter() - t_start:.0f} s"
     if resumed:  # say so: the total then covers only what this invocation ran
         total += f" ({resumed} of the {len(rows)} runs were done by an earlier invocation)"
+    if base_cached:
+        total += " (the base model was trained by an earlier invocation)"
     write_reports(out, rows, ratios, header + total + ".")
     print(f"wrote {out}/fn_benchmark.json, .md, .png in {time.perf_counter() - t_start:.0f} s")
     return 0

@@ -27,6 +27,22 @@ def _bench(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def test_low_fn_plan_holds_every_filtered_recipe_of_high_fn_beside_its_sampling() -> None:
+    # "No harm where false negatives are rare" must be shown for the recommended recipes:
+    # every guide/drop configuration of the high-FN plan, and its unfiltered sampling.
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train as bt
+
+    high = {s.name: s for s in bt.high_fn_runs() if not s.extra}
+    low = {s.name for s in bt.low_fn_runs() if not s.extra}
+    for name, spec in high.items():
+        if name.endswith("+guide/drop"):
+            assert name in low, name
+            assert {"hard_batches": "hard", "mined_negatives": "mined"}.get(
+                spec.mode, "random"
+            ) in low
+
+
 def _keys(path: Path) -> list[tuple[str, int]]:
     return [(r["config"], r["seed"]) for r in json.loads(path.read_text())]
 

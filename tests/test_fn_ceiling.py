@@ -59,3 +59,20 @@ def test_pair_scores_follow_the_labels_and_the_positive() -> None:
     assert scores[2, 0] == pytest.approx(cross[1, 0])
     assert scores[2, 1] == pytest.approx(cross[1, 0] - cross[1, 1])
     assert scores[2, 2] == pytest.approx(float(text[1] @ text[0]))
+
+
+def test_the_better_informed_guide_never_sees_a_target_set() -> None:
+    import bench_train as bt
+    from fn_ceiling import GUIDE_DATA, _guide_name
+
+    # Its own seed, every tuple, and the partial captions it is there to have seen.
+    target_seeds = {cfg.seed for cfg, _ in bt.SETTINGS.values()} | {bt.BASE_DATA.seed}
+    assert GUIDE_DATA.seed not in target_seeds
+    assert GUIDE_DATA.n_tuples is None and GUIDE_DATA.partial_captions > 0
+    work = Path("w")
+    assert _guide_name(work / "runs" / "high-fn" / "random" / "seed0", work) == (
+        "high-fn/random/seed0"
+    )
+    assert _guide_name(work / "guide-partial" / "checkpoints" / "latest.pt", work) == (
+        "guide-partial"
+    )
