@@ -78,6 +78,11 @@ def make_int8(src: Path, dst: Path) -> None:
             str(dst),
             weight_type=QuantType.QInt8,
             per_channel=True,
+            # 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime's u8s8
+            # kernels add pairs of 8-bit products in saturating int16, which overflows with
+            # full-range weights (score errors of 0.06 measured on an AVX2 EPYC). A bundle
+            # may be served on any CPU, so the export is safe for all of them.
+            reduce_range=True,
             op_types_to_quantize=["MatMul", "Gemm"],
         )
 
