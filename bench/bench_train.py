@@ -170,7 +170,8 @@ def _config(
     return config_from_dict(raw, source="bench")
 
 
-def base_model(work: Path, steps: int) -> Path:
+def base_model(work: Path, steps: int) -> tuple[Path, bool]:
+    """The base's checkpoint, and whether an earlier invocation had trained it."""
     paths = synth.generate(BASE_DATA, work / "data" / "base", progress=False, reuse=True).paths
     cfg = _config(
         paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40, progress=True
@@ -184,7 +185,7 @@ def base_model(work: Path, steps: int) -> Path:
         f"{m.get('t2i_semantic_R@1', float('nan')):.3f}",
         flush=True,
     )
-    return result.checkpoint
+    return result.checkpoint, result.already_finished
 
 
 def mine_target(work: Path, setting: str, data: Path, base: Path, filters: set[str]) -> dict[str, Path]:  # fmt: skip
@@ -629,9 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     # 63 runs x 100 steps in 2 worker processes + a 2000-step base: about 40 min on a 2-core
     # AVX-512 CPU (the base 12 min, a run 55 s in each worker), about 64 min on a slower one
-    # (18.5 min, 80 s). A short base is too weak for
-    # fine distinctions to be what is left to learn (broad held-out R@1 0.05 after 400 steps
-    # at batch 64), the regime the issue's probe warned about; see docs/benchmarks.md.
+    # (18.5 min, 80 s). A short base is too weak for fine distinctions to be what is left to
+    # learn (broad held-out R@1 0.05 after 400 steps at batch 64), the regime the issue's
+    # probe warned about; see docs/benchmarks.md.
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per run")
     p.add_argument("--base-steps", type=int, default=2000)
     p.add_argument("--step-reps", type=int, default=10, help="step-time repetitions per loss")
@@ -685,8 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python bench/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
         f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
     )
-    base_cached = (work / "base" / "checkpoints" / "latest.pt").is_file()
-    base = base_model(work, args.base_steps)
+    base, base_cached = base_model(work, args.base_steps)
     # Finished runs are journalled in the work directory (resume from there), never read
     # back from OUT: a fresh clone's committed docs/results must not count as done.
     journal = out if args.worker else work / "results"

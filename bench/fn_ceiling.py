@@ -145,7 +145,8 @@ GUIDE_DATA = synth.SynthConfig(n=5000, seed=21, n_tuples=None, holdout=0.1, part
 
 def train_guide(work: Path, base: Path, steps: int) -> Path:
     """The base, `steps` more steps on GUIDE_DATA at the fine-tuning learning rate (cached)."""
-    paths = synth.generate(GUIDE_DATA, work / "data" / "guide-partial", progress=False, reuse=True).paths  # fmt: skip
+    data = synth.generate(GUIDE_DATA, work / "data" / "guide-partial", progress=False, reuse=True)
+    paths = data.paths
     cfg = bt._config(
         paths.train, paths.test, work / "guide-partial", steps=steps, lr=5e-4, warmup=20,
         pretrained=str(base), progress=True,
@@ -203,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also score with the base trained STEPS more steps on under-specified "
                    "captions of every tuple (see above)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.train_guide < 0:
+        p.error(f"--train-guide takes a number of steps, 0 or more; got {args.train_guide}")
     base = args.work / "base" / "checkpoints" / "latest.pt"
     guides = args.guide or [
         g

@@ -13,9 +13,10 @@ pixels / int64 ids in and fp32 embeddings out, so serving code does not change w
 * int8: ``quant_pre_process`` (shape inference + ORT graph optimisation, which fuses the
   attention and layer-norm patterns so the quantiser sees plain MatMuls), then
   ``quantize_dynamic``: int8 weights (7-bit range) per output channel, activations quantised
-  on the fly per batch. Only MatMul/Gemm are quantised (the transformer's weight-bearing ops). A ViT's patch
-  embedding convolution is rewritten as a MatMul first (``patch_matmul.py``) so it is
-  quantised too: ONNX Runtime's int8 Conv is slower than its fp32 one.
+  on the fly per batch. Only MatMul/Gemm are quantised (the transformer's weight-bearing
+  ops). A ViT's patch embedding convolution is rewritten as a MatMul first
+  (``patch_matmul.py``) so it is quantised too: ONNX Runtime's int8 Conv is slower than its
+  fp32 one.
 
 The manifest's content version is not changed: a variant computes the same model within its
 precision, so an index built with one variant keeps working with another. How close each
