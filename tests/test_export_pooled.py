@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipserve.training.export import ImageTower, TextTower
 from clipserve.training.export_attention import batch_first_attention
 from clipserve.training.export_pooled import (
     pooled_image_features,
@@ -15,6 +14,7 @@ from clipserve.training.export_pooled import (
     vision_supported,
 )
 from clipserve.training.model import ModelSpec, create_model
+from clipserve.training.towers import ImageTower, TextTower
 
 
 @pytest.fixture(scope="module", params=["clipserve-tiny", "ViT-B-32"])

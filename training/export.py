@@ -37,9 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
-from torch import nn
 from torch.export import Dim
 from torchvision import transforms as T
 
@@ -51,15 +49,9 @@ from clipserve.serving.bundle import (
     sha256_file,
 )
 from clipserve.training.export_attention import batch_first_attention
-from clipserve.training.export_pooled import (
-    PooledBlock,
-    pooled_image_features,
-    pooled_text_block,
-    transformer_supported,
-    vision_supported,
-)
 from clipserve.training.model import LoadedModel, ModelSpec, create_model, load_checkpoint
 from clipserve.training.tokenizer_export import write_clip_tokenizer
+from clipserve.training.towers import ImageTower, TextTower, text_parts
 from clipserve.training.variants import add_variants
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset
@@ -68,89 +60,6 @@ MAX_EXPORT_BATCH = 65536
 DEFAULT_ATOL = 1e-4  # max abs difference allowed between ONNX and torch normalised embeddings
 IMAGE_FILE, TEXT_FILE, TOKENIZER_FILE = "image.onnx", "text.onnx", "tokenizer/tokenizer.json"
 IMAGE_INPUT, TEXT_INPUT, OUTPUT = "pixel_values", "input_ids", "embeddings"
-
-
-class ImageTower(nn.Module):
-    """pixel_values float32 [N,3,H,W] -> L2-normalised embeddings float32 [N,D].
-
-    An open_clip ViT with class-token pooling runs its last block at the class token only
-    (`export_pooled`); any other image tower runs ``encode_image`` as it is."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-        visual: Any = getattr(model, "visual", None)
-        self.pooled = visual is not None and vision_supported(visual)
-        if self.pooled:
-            self.last = PooledBlock(visual.transformer.resblocks[-1])
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.pooled:
-            features = pooled_image_features(self.model.visual, self.last, pixel_values)
-            return F.normalize(features, dim=-1)
-        return F.normalize(self.model.encode_image(pixel_values), dim=-1)
-
-
-class TextTower(nn.Module):
-    """input_ids int64 [N,L], L <= context_length -> L2-normalised embeddings float32 [N,D].
-
-    Re-states open_clip's ``CLIP.encode_text`` with the positional embedding and causal mask
-    sliced to L; pooling takes the features at argmax(input_ids), the EOT token, and the last
-    block computes that token alone (`export_pooled`) when the transformer is the plain one.
-    """
-
-    attn_mask: torch.Tensor  # [context_length, context_length] additive causal mask
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        parts = _text_parts(model)
-        self.token_embedding = parts["token_embedding"]
-        self.positional_embedding = parts["positional_embedding"]
-        self.transformer = parts["transformer"]
-        self.ln_final = parts["ln_final"]
-        self.text_projection = parts["text_projection"]
-        self.register_buffer("attn_mask", parts["attn_mask"], persistent=False)
-        self.pooled = transformer_supported(self.transformer)
-        if self.pooled:
-            self.last = PooledBlock(self.transformer.resblocks[-1])
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        x = self.token_embedding(input_ids)  # [N, L, W]
-        x = x + self.positional_embedding[:seq_len]
-        mask = self.attn_mask[:seq_len, :seq_len]
-        eot = input_ids.argmax(dim=-1)
-        if self.pooled:
-            x = pooled_text_block(self.transformer, self.last, x, mask, eot)  # [N, W] at EOT
-            x = self.ln_final(x)
-        else:
-            x = self.transformer(x, attn_mask=mask)
-            x = self.ln_final(x)[torch.arange(x.shape[0]), eot]  # [N, W] at EOT
-        if isinstance(self.text_projection, nn.Linear):
-            x = self.text_projection(x)
-        elif self.text_projection is not None:
-            x = x @ self.text_projection
-        return F.normalize(x, dim=-1)
-
-
-def _text_parts(model: nn.Module) -> dict[str, Any]:
-    """The pieces of a causal, argmax-pooled CLIP text tower, or ValueError if it is not one."""
-    owner: Any = model
-    pool = getattr(model, "text_pool_type", None)
-    if hasattr(model, "text") and not hasattr(model, "token_embedding"):  # CustomTextCLIP
-        owner = model.text
-        pool = getattr(owner, "pool_type", None)
-        if getattr(owner, "cls_emb", None) is not None or getattr(owner, "use_pad_mask", False):
-            raise ValueError("text towers with a class token or pad mask are not supported")
-    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-    if any(getattr(owner, name, None) is None for name in needed) or pool != "argmax":
-        raise ValueError(
-            f"{type(model).__name__}: only causal CLIP text towers with argmax (EOT) pooling "
-            "can be exported (open_clip's built-in text transformer)"
-        )
-    parts = {name: getattr(owner, name) for name in needed}
-    parts["text_projection"] = getattr(owner, "text_projection", None)
-    return parts
 
 
 @dataclass(frozen=True)
@@ -374,7 +283,7 @@ def export_bundle(
         raise ValueError("only the tokenizer's default 'lower' cleaning is supported")
     pre = preprocess_config(loaded.preprocess_val)
     model = loaded.model.eval()
-    _text_parts(model)  # fail fast on unsupported text towers
+    text_parts(model)  # fail fast on unsupported text towers
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is read by the serving user

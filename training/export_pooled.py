@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipserve.training.export_attention import supported
@@ -60,20 +61,50 @@ def vision_supported(visual: nn.Module) -> bool:
     )
 
 
+class _InProjSlice(nn.Module):
+    """Rows [start, stop) of an attention's packed in-projection, as a linear map that reads
+    the attention's live weights (a view: gradients flow into `in_proj_weight`)."""
+
+    def __init__(self, attn: Any, start: int, stop: int) -> None:
+        super().__init__()
+        self.attn, self.start, self.stop = attn, start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.attn.in_proj_bias
+        return F.linear(
+            x,
+            self.attn.in_proj_weight[self.start : self.stop],
+            None if bias is None else bias[self.start : self.stop],
+        )
+
+
 class PooledBlock(nn.Module):
     """`block` (an open_clip `ResidualAttentionBlock`) evaluated at one position per row: the
     query, attention output and MLP for that token, keys and values over the whole sequence.
 
-    Shares the block's modules; the packed in-projection is split into a query and a key/value
-    `nn.Linear` (copies of the slices), so the exported graph holds them as plain weights
-    (which int8 quantisation then sees like any other)."""
+    Shares the block's modules. For export (`share=False`) the packed in-projection is split
+    into a query and a key/value `nn.Linear` (copies of the slices), so the exported graph
+    holds them as plain weights (which int8 quantisation then sees like any other). For
+    training (`share=True`) the query and key/value projections read slices of the block's
+    own `in_proj_weight` at every call, so gradients reach the model's parameters."""
 
-    def __init__(self, block: Any) -> None:
+    def __init__(self, block: Any, share: bool = False) -> None:
         super().__init__()
         attn: Any = block.attn
         w, b = attn.in_proj_weight.detach(), attn.in_proj_bias
         width = w.shape[1]
         self.heads, self.head_dim = attn.num_heads, width // attn.num_heads
+        self.q: nn.Module
+        self.kv: nn.Module
+        self.out_proj: nn.Module = attn.out_proj
+        self.ln_1: nn.Module = block.ln_1
+        self.ln_2: nn.Module = block.ln_2
+        self.mlp: nn.Module = block.mlp
+        self.ls_1: nn.Module = block.ls_1
+        self.ls_2: nn.Module = block.ls_2
+        if share:
+            self.q, self.kv = _InProjSlice(attn, 0, width), _InProjSlice(attn, width, 3 * width)
+            return
         like = {"device": w.device, "dtype": w.dtype}
         self.q = nn.Linear(width, width, bias=b is not None, **like)
         self.kv = nn.Linear(width, 2 * width, bias=b is not None, **like)
@@ -83,12 +114,6 @@ class PooledBlock(nn.Module):
             if b is not None:
                 self.q.bias.copy_(b.detach()[:width])
                 self.kv.bias.copy_(b.detach()[width:])
-        self.out_proj: nn.Module = attn.out_proj
-        self.ln_1: nn.Module = block.ln_1
-        self.ln_2: nn.Module = block.ln_2
-        self.mlp: nn.Module = block.mlp
-        self.ls_1: nn.Module = block.ls_1
-        self.ls_2: nn.Module = block.ls_2
 
     def forward(
         self, x: torch.Tensor, index: torch.Tensor | int, mask: torch.Tensor | None
