@@ -369,11 +369,13 @@ def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> d
 
     from clipserve.training.losses import build_loss
     from clipserve.training.model import load_pretrained
+    from clipserve.training.towers import TrainingForward
 
     torch.manual_seed(0)
     loaded = load_pretrained(MODEL, str(base))
     model = loaded.model.train()
     model.output_dict = True
+    forward = TrainingForward(model)  # the step `clipserve train` takes
     records = read_manifest(data)[:STEP_BATCH]
     images = torch.stack([loaded.preprocess_val(r.open_image()) for r in records])
     tokens = loaded.tokenizer([r.caption for r in records])
@@ -394,7 +396,7 @@ def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> d
         for name, fn in losses.items():
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            out = model(image=images, text=tokens)
+            out = forward(image=images, text=tokens)
             if name.startswith("ClipLoss"):
                 loss = fn(**out, output_dict=True)["contrastive_loss"]
             else:
