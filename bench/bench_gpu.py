@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from clipserve.serving.backends.backend import BackendStartupError
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend
-from clipserve.training.variants import min_cosine, random_ids
+from clipserve.training.export.variants import min_cosine, random_ids
 
 CONFIGS = (  # (label, providers, variant)
     ("CUDA fp32", ["CUDAExecutionProvider", "CPUExecutionProvider"], "default"),
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from clipserve.training.export import export_bundle
+    from clipserve.training.export.bundle import export_bundle
     from clipserve.training.model import ModelSpec, create_model
 
     lines = [f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}"]

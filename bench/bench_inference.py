@@ -27,7 +27,7 @@ from bench_serve import CAPTIONS  # noqa: E402
 
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
-from clipserve.training.export import export_bundle
+from clipserve.training.export.bundle import export_bundle
 from clipserve.training.model import ModelSpec, create_model
 
 

@@ -72,7 +72,7 @@ def make_images(root: Path, n: int, size: int = 64) -> list[Path]:
 def tiny_bundle(out: Path) -> Path:
     import torch
 
-    from clipserve.training.export import export_bundle
+    from clipserve.training.export.bundle import export_bundle
     from clipserve.training.model import ModelSpec, create_model
 
     torch.manual_seed(0)

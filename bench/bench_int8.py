@@ -30,9 +30,9 @@ from bench_serve import CAPTIONS, jpegs  # noqa: E402
 from clipserve.serving.backends.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from clipserve.serving.embedding.preprocess import preprocess  # noqa: E402
 from clipserve.serving.embedding.tokenizer import ClipTokenizer  # noqa: E402
-from clipserve.training.export import export_bundle  # noqa: E402
+from clipserve.training.export.bundle import export_bundle  # noqa: E402
+from clipserve.training.export.variants import add_variants, min_cosine  # noqa: E402
 from clipserve.training.model import ModelSpec, create_model, load_checkpoint  # noqa: E402
-from clipserve.training.variants import add_variants, min_cosine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

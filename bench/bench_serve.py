@@ -268,7 +268,7 @@ def _export_bundle(model: str, out: Path) -> Path:
         return out
     import torch
 
-    from clipserve.training.export import export_bundle
+    from clipserve.training.export.bundle import export_bundle
     from clipserve.training.model import ModelSpec, create_model
 
     print(f"exporting random-init {model} to {out} ...", flush=True)

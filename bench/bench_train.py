@@ -630,9 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", default="work/bench-train", help="data, base model, runs (cached)")
     p.add_argument("--out", default="docs/results", help="where the results go")
     p.add_argument("--seeds", type=int, default=3)
-    # 63 runs x 100 steps in 2 worker processes + a 2000-step base: about 40 min on a 2-core
-    # AVX-512 CPU (the base 12 min, a run 55 s in each worker), about 64 min on a slower one
-    # (18.5 min, 80 s). A short base is too weak for fine distinctions to be what is left to
+    # 63 runs x 100 steps in 2 worker processes + a 2000-step base: about 43 min on a 2-core
+    # AVX2 CPU (the base 12.5 min, a run 48-75 s in each worker; docs/benchmarks.md, ninth
+    # session). A short base is too weak for fine distinctions to be what is left to
     # learn (broad held-out R@1 0.05 after 400 steps at batch 64), the regime the issue's
     # probe warned about; see docs/benchmarks.md.
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per run")

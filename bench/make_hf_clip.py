@@ -23,9 +23,9 @@ VOCAB_SIZE = 49408
 
 
 def _tokenizer_export():
-    """clipserve's training/tokenizer_export.py, loaded by path: this script runs in the peer's
+    """clipserve's training/export/tokenizer.py, loaded by path: this script runs in the peer's
     venv, where clipserve is not installed (the module needs only `tokenizers`)."""
-    path = Path(__file__).resolve().parent.parent / "training" / "tokenizer_export.py"
+    path = Path(__file__).resolve().parent.parent / "training" / "export" / "tokenizer.py"
     spec = importlib.util.spec_from_file_location("clipserve_tokenizer_export", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -31,7 +31,7 @@ def random_bundle(model: str, cache: Path = DEFAULT_CACHE) -> Path:
         return out
     import torch  # only for exporting; the server under test never imports it
 
-    from clipserve.training.export import export_bundle
+    from clipserve.training.export.bundle import export_bundle
     from clipserve.training.model import ModelSpec, create_model
 
     torch.manual_seed(0)

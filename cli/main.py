@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("clipserve.training.train", "fine-tune a CLIP model from a config file"),
     "mine": ("clipserve.training.mining.cli", "mine hard negatives / hard batches via the index"),
     "eval": ("clipserve.training.evaluate", "instance and semantic retrieval metrics"),
-    "export": ("clipserve.training.export", "export a checkpoint to an ONNX model bundle"),
+    "export": ("clipserve.training.export.bundle", "export a checkpoint to an ONNX model bundle"),
     "triton-repo": (
         "clipserve.serving.backends.triton_repo",
         "write a Triton model repository for a bundle",

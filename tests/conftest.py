@@ -38,7 +38,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete bundle directory exported from `tiny_checkpoint` (parity-checked)."""
-    from clipserve.training.export import main
+    from clipserve.training.export.bundle import main
 
     out = tmp_path_factory.mktemp("bundle") / "tiny-bundle"
     assert main([str(tiny_checkpoint), "--out", str(out)]) == 0

@@ -492,7 +492,7 @@ def test_export_writes_the_triton_repository_the_manifests_mount(
 ) -> None:
     if ("export", "--triton-repo") in PENDING_FLAGS:
         pytest.skip("pending: `clipserve export --triton-repo` (serving backends, issue 6)")
-    from clipserve.training.export import main as export_main
+    from clipserve.training.export.bundle import main as export_main
 
     version_dir = tmp_path / "v1"
     rc = export_main(

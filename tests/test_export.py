@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clipserve.serving.bundle import BundleError, Manifest, load_manifest
-from clipserve.training.export import check_parity, export_bundle, main
+from clipserve.training.export.bundle import check_parity, export_bundle, main
 from clipserve.training.model import load_checkpoint
 
 ATOL = 1e-4  # normalised embeddings; measured max diff is ~2e-7

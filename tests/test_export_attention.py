@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clipserve.training.export_attention import BatchFirstAttention, batch_first_attention
+from clipserve.training.export.attention import BatchFirstAttention, batch_first_attention
 
 
 def _mha(**kw) -> nn.MultiheadAttention:

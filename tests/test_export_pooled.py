@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipserve.training.export_attention import batch_first_attention
-from clipserve.training.export_pooled import (
+from clipserve.training.export.attention import batch_first_attention
+from clipserve.training.export.pooled import (
     pooled_image_features,
     transformer_supported,
     vision_supported,

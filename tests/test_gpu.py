@@ -46,7 +46,7 @@ def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from clipserve.training.variants import add_variants
+    from clipserve.training.export.variants import add_variants
 
     out = tmp_path_factory.mktemp("gpu") / "bundle"
     shutil.copytree(tiny_bundle, out)

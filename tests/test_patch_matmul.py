@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from clipserve.training.patch_matmul import rewrite_patch_convs
+from clipserve.training.export.patch_matmul import rewrite_patch_convs
 
 
 def _conv_model(
@@ -73,7 +73,7 @@ def test_convs_that_are_not_patch_embeddings_stay(
 
 
 def test_int8_variant_quantises_the_patch_embedding(tiny_bundle: Path, tmp_path: Path) -> None:
-    from clipserve.training.variants import make_int8, min_cosine
+    from clipserve.training.export.variants import make_int8, min_cosine
 
     dst = tmp_path / "image.int8.onnx"
     make_int8(tiny_bundle / "image.onnx", dst)

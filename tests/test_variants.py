@@ -28,7 +28,7 @@ from clipserve.serving.config import ServerConfig
 from clipserve.serving.embedding.preprocess import preprocess
 from clipserve.serving.embedding.tokenizer import ClipTokenizer
 from clipserve.serving.server import StartupError, metrics_port
-from clipserve.training.variants import add_variants, min_cosine
+from clipserve.training.export.variants import add_variants, min_cosine
 
 # Training + export take ~30 s on 2 idle cores; the margin is for a machine shared with others.
 pytestmark = pytest.mark.timeout(1500)
@@ -76,7 +76,7 @@ def _squares(root: Path, size: int = 64) -> tuple[list[Path], list[str], Path]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """clipserve-micro trained 30 steps, exported with --int8 --fp16."""
     from clipserve.training.config import config_from_dict
-    from clipserve.training.export import main as export_main
+    from clipserve.training.export.bundle import main as export_main
     from clipserve.training.train import train
 
     root = tmp_path_factory.mktemp("variants")

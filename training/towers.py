@@ -3,16 +3,16 @@
 `ImageTower` (pixels -> normalised embeddings) and `TextTower` (token ids [N, L], any
 L <= context_length -> normalised embeddings) compute what open_clip's ``encode_image`` /
 ``encode_text`` compute, minus discarded work: the last block of each tower runs at the pooled
-token only (`export_pooled`), and the text tower accepts ids trimmed after the batch's last EOT
+token only (`export.pooled`), and the text tower accepts ids trimmed after the batch's last EOT
 (with a causal mask, padding after EOT cannot change the EOT token's features).
 
 `share=False` (export) copies the last block's query/key/value weights into plain layers for
 the ONNX graph; `share=True` (training) reads the model's own parameters, so gradients reach
 them. `TrainingForward` is open_clip's ``CLIP.forward(image, text)`` built from the shared
 towers, with each text batch trimmed to its longest caption: the same loss and gradients
-(tests/test_towers.py checks both against open_clip), and on the synthetic captions (at most
-about 16 of the 32 token positions used) a training step of clipserve-tiny-p16 about
-N× faster on a 2-core CPU.
+(tests/test_towers.py checks both against open_clip). On the synthetic captions (15 of the
+32 token positions used) a training step at batch 128 on 2 cores is 1.58x faster for
+clipserve-tiny-p16 and 1.89x for clipserve-micro (bench/bench_train_step.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipserve.training.export_pooled import (
+from clipserve.training.export.pooled import (
     PooledBlock,
     pooled_image_features,
     pooled_text_block,
@@ -36,7 +36,7 @@ class ImageTower(nn.Module):
     """pixel_values float32 [N,3,H,W] -> L2-normalised embeddings float32 [N,D].
 
     An open_clip ViT with class-token pooling runs its last block at the class token only
-    (`export_pooled`); any other image tower runs ``encode_image`` as it is."""
+    (`export.pooled`); any other image tower runs ``encode_image`` as it is."""
 
     def __init__(self, model: Any, share: bool = False) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ class TextTower(nn.Module):
 
     Re-states open_clip's ``CLIP.encode_text`` with the positional embedding and causal mask
     sliced to L; pooling takes the features at argmax(input_ids), the EOT token, and the last
-    block computes that token alone (`export_pooled`) when the transformer is the plain one.
+    block computes that token alone (`export.pooled`) when the transformer is the plain one.
     """
 
     attn_mask: torch.Tensor  # [context_length, context_length] additive causal mask

@@ -78,7 +78,7 @@ def export_bundle(models: Path) -> Path:
         return bundle
     import torch
 
-    from clipserve.training.export import main as export_main
+    from clipserve.training.export.bundle import main as export_main
     from clipserve.training.model import ModelSpec, create_model, save_checkpoint
 
     torch.manual_seed(0)

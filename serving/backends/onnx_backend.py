@@ -7,7 +7,7 @@ when a CUDA library or the device is missing, which this backend turns into a
 `BackendStartupError` instead of a server that is ten times slower than its operator thinks.
 
 `variant` picks a build of the towers from the bundle ("default" fp32, "fp16" for GPUs,
-"int8" for CPUs; see clipserve.training.variants). On CUDA, inputs are copied to the device
+"int8" for CPUs; see clipserve.training.export.variants). On CUDA, inputs are copied to the device
 once and outputs bound there (I/O binding), so ONNX Runtime does no staging copies of its own.
 `InferenceSession.run` is thread-safe, so one backend serves concurrent callers.
 """

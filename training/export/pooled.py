@@ -11,7 +11,7 @@ block in twelve of the text tower's.
 
 `PooledBlock(block)` is that last block; `pooled_image_features` and `pooled_text_block` run
 a tower with it when the tower is open_clip's plain one (`vision_supported`,
-`transformer_supported`); `training.export` falls back to the full forward otherwise. The
+`transformer_supported`); `export.bundle` falls back to the full forward otherwise. The
 export's parity check against the untouched torch model covers both.
 """
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipserve.training.export_attention import supported
+from clipserve.training.export.attention import supported
 
 
 def _plain_block(block: nn.Module) -> bool:
@@ -34,7 +34,7 @@ def _plain_block(block: nn.Module) -> bool:
         return False
     if isinstance(attn, nn.MultiheadAttention):
         return supported(attn)  # what BatchFirstAttention can express, this block can too
-    # export_attention.BatchFirstAttention (swapped in for the export) has the same weights.
+    # attention.BatchFirstAttention (swapped in for the export) has the same weights.
     return all(hasattr(attn, n) for n in ("in_proj_weight", "in_proj_bias", "out_proj"))
 
 

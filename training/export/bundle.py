@@ -48,11 +48,11 @@ from clipserve.serving.bundle import (
     load_manifest,
     sha256_file,
 )
-from clipserve.training.export_attention import batch_first_attention
+from clipserve.training.export.attention import batch_first_attention
+from clipserve.training.export.tokenizer import write_clip_tokenizer
+from clipserve.training.export.variants import add_variants
 from clipserve.training.model import LoadedModel, ModelSpec, create_model, load_checkpoint
-from clipserve.training.tokenizer_export import write_clip_tokenizer
 from clipserve.training.towers import ImageTower, TextTower, text_parts
-from clipserve.training.variants import add_variants
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset
 MIN_OPSET = 18  # asked for less, the dynamo exporter silently writes 18 anyway

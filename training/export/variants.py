@@ -65,7 +65,7 @@ def make_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from clipserve.training.patch_matmul import rewrite_patch_convs
+    from clipserve.training.export.patch_matmul import rewrite_patch_convs
 
     with tempfile.TemporaryDirectory() as tmp:
         model = onnx.load(str(src))
