@@ -631,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="docs/results", help="where the results go")
     p.add_argument("--seeds", type=int, default=3)
     # 63 runs x 100 steps in 2 worker processes + a 2000-step base: about 43 min on a 2-core
-    # AVX2 CPU (the base 12.5 min, a run 48-75 s in each worker; docs/benchmarks.md, ninth
+    # AVX2 CPU (the base 12 min, a run 48-75 s in each worker; docs/benchmarks.md, ninth
     # session). A short base is too weak for fine distinctions to be what is left to
     # learn (broad held-out R@1 0.05 after 400 steps at batch 64), the regime the issue's
     # probe warned about; see docs/benchmarks.md.
