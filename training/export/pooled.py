@@ -1,4 +1,5 @@
-"""Export-time towers whose last transformer block computes only the token that is pooled.
+"""Towers whose last transformer block computes only the token that is pooled (the ONNX
+export, and through `clipserve.training.towers` the training step).
 
 A CLIP tower keeps one token of its last block's output: the class token of a ViT (open_clip's
 ``pool_type = "tok"``), the EOT token of the text transformer (argmax pooling). Every other
