@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import statistics
 import sys
 import time
@@ -30,28 +29,24 @@ from clipserve.training.data.synth_captions import caption, partial_caption
 from clipserve.training.model import ModelSpec, create_model
 from clipserve.training.towers import TrainingForward
 
-ATTRIBUTES = {
-    "shape": tuple(synth.SHAPES),
-    "colour": tuple(synth.COLOURS),
-    "size": tuple(synth.SIZES),
-    "position": tuple(synth.POSITIONS),
-}
-
 
 def captions(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
+    """n captions drawn as the high-FN target set draws them (120 tuples, half the captions
+    naming only 1-3 attributes)."""
+    cfg = synth.SynthConfig(n=n, seed=seed, n_tuples=min(n, 120), partial_captions=0.5)
+    tuples = synth.draw_tuples(cfg)
     out = []
     for i in range(n):
-        attrs = {k: rng.choice(v) for k, v in ATTRIBUTES.items()}
-        if i % 2:
-            named = set(rng.sample(sorted(attrs), rng.randint(1, 3)))
-            out.append(partial_caption(attrs, named, rng.randrange(4), rng.randrange(2)))
+        attrs = tuples[i % len(tuples)]
+        named = set(synth.named_attributes(cfg, i))
+        if len(named) == len(attrs):
+            out.append(caption(attrs, i))
         else:
-            out.append(caption(attrs, rng.randrange(8)))
+            out.append(partial_caption(attrs, named, i, i))
     return out
 
 
-def bench(name: str, batch: int, reps: int) -> tuple[float, float, float]:
+def bench(name: str, batch: int, reps: int) -> tuple[float, float, int]:
     torch.manual_seed(0)
     loaded = create_model(ModelSpec(name))
     model = loaded.model.train()
@@ -87,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = every core)")
     args = p.parse_args(argv)
+    if args.batch < 2 or args.reps < 1:
+        p.error(f"--batch must be 2 or more and --reps 1 or more (got {args.batch}, {args.reps})")
+    unknown = [m for m in args.models if m not in open_clip.list_models()]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}: see open_clip.list_models()")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
