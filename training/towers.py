@@ -11,8 +11,8 @@ the ONNX graph; `share=True` (training) reads the model's own parameters, so gra
 them. `TrainingForward` is open_clip's ``CLIP.forward(image, text)`` built from the shared
 towers, with each text batch trimmed to its longest caption: the same loss and gradients
 (tests/test_towers.py checks both against open_clip). On the synthetic captions (15 of the
-32 token positions used) a training step at batch 128 on 2 cores is 1.58x faster for
-clipserve-tiny-p16 and 1.89x for clipserve-micro (bench/bench_train_step.py).
+32 token positions used) a training step at batch 128 on 2 cores is 1.6-1.7x faster for
+clipserve-tiny-p16 and 1.8-1.9x for clipserve-micro (bench/bench_train_step.py).
 """
 
 from __future__ import annotations
