@@ -84,11 +84,43 @@ def test_training_forward_runs_unsupported_text_towers_as_they_are() -> None:
     fast = TrainingForward(model)
     assert fast.text is None
     pixels, ids = _batch(model, 4)
+    assert fast.host_trim(ids) is ids  # its captions keep their full context
     with torch.no_grad():
         torch.testing.assert_close(
             fast(image=pixels, text=ids)["text_features"],
             model(image=pixels, text=ids)["text_features"],
         )
+
+
+def test_host_trim_is_the_forwards_own_trim() -> None:
+    model = _model()
+    fast = TrainingForward(model)
+    pixels, ids = _batch(model)
+    trimmed = fast.host_trim(ids)
+    assert torch.equal(trimmed, trim_to_eot(ids)) and trimmed.shape[1] < ids.shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fast(image=pixels, text=trimmed)["text_features"],
+            model(image=pixels, text=ids)["text_features"],
+            atol=2e-6,
+            rtol=0,
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_forward_on_cuda_does_not_sync_the_host() -> None:
+    model = _model().cuda()
+    fast = TrainingForward(model)
+    pixels, ids = _batch(model)
+    ref = model(image=pixels.cuda(), text=ids.cuda())["text_features"]
+    text = fast.host_trim(ids).cuda()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync in the forward raises
+    try:
+        out = fast(image=pixels.cuda(), text=text)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out["text_features"], ref, atol=1e-4, rtol=0)
 
 
 def test_bench_train_step_runs_both_ways() -> None:

@@ -120,7 +120,11 @@ class TrainingForward(nn.Module):
     text_features, logit_scale = exp of the parameter, logit_bias when the model has one),
     computed by the towers above on the model's own parameters, the text trimmed to the
     batch's longest caption. A model whose text tower is not open_clip's causal one with
-    argmax pooling runs its own ``encode_text``."""
+    argmax pooling runs its own ``encode_text``.
+
+    The trim reads the longest caption's length, a host sync on an accelerator: callers
+    there trim on the host with `host_trim` before the transfer, and `forward` trims only
+    tensors that are on the CPU (the trim of already-trimmed ids is the identity)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -131,10 +135,14 @@ class TrainingForward(nn.Module):
         except ValueError:
             self.text = None
 
+    def host_trim(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids trimmed as `forward` would, for a CPU batch about to move to a device."""
+        return trim_to_eot(text) if self.text is not None else text
+
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         model: Any = self.model
         if self.text is not None:
-            text_features = self.text(trim_to_eot(text))
+            text_features = self.text(trim_to_eot(text) if text.device.type == "cpu" else text)
         else:
             text_features = model.encode_text(text, normalize=True)
         out = {

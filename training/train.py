@@ -324,7 +324,8 @@ def _train(
     # open_clip's forward with the text trimmed to each batch's longest caption and the last
     # blocks at the pooled tokens (`towers`): same loss and gradients, fewer FLOPs. DDP wraps
     # it when distributed; `model` stays the module (parameters, logit_scale, state_dict).
-    forward = wrap_model(TrainingForward(model), ddp, device)
+    towers = TrainingForward(model)
+    forward = wrap_model(towers, ddp, device)
     opt = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(device, cfg.run.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -390,7 +391,7 @@ def _train(
             lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
             set_lr(opt, lr)
             images = shard(images, ddp).to(device, non_blocking=True)
-            tokens = shard(tokens, ddp).to(device, non_blocking=True)
+            tokens = towers.host_trim(shard(tokens, ddp)).to(device, non_blocking=True)
             with autocast:
                 model_out = forward(image=images, text=tokens)
                 side = sampling.loss_batch(shard(rows, ddp), step)  # this rank's items
