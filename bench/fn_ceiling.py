@@ -21,7 +21,14 @@ in-batch pair (anchor row, other column) three ways:
 and sweeps every threshold against the exact labels (caption k matches image a iff every
 attribute k names is in a), keeping the best F1 with its precision, recall and threshold.
 Choosing the threshold from the labels is what no estimator can do, so these F1s bound from
-above what any rule on these scores reaches. Writes OUT/fn_ceiling.json and prints a table.
+above what any rule on these scores reaches.
+
+Thresholds see one score at a time. ``fitted on the labels`` combines them all: a logistic
+regression on the pair's six similarities (the three above in both directions), their
+squares and products, fitted on the same labels it is scored on, then the best threshold.
+Row ``all guides`` fits one on every guide's similarities together. These bound any smooth
+rule on the embeddings, even one learnt from labelled target data. Writes
+OUT/fn_ceiling.json and prints a table.
 
 --train-guide STEPS adds a better-informed guide: the base trained STEPS more steps on a
 broad set (all tuples) where half the captions name only some attributes, as web captions
@@ -60,6 +67,8 @@ from clipserve.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = ("cosine", "cosine - positive", "same-modality")
+FITTED = "fitted on the labels"  # every similarity of the pair, combined (`fitted_f1`)
+ALL_GUIDES = "all guides"
 
 
 def best_f1(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -83,22 +92,59 @@ def best_f1(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+def _signals(image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per direction, the (n, n, len(SIGNALS)) scores of every (row, column) pair."""
+    out = {}
+    for direction, cross, same in (
+        ("i2t", image @ text.T, image @ image.T),
+        ("t2i", text @ image.T, text @ text.T),
+    ):
+        out[direction] = torch.stack([cross, cross - cross.diag()[:, None], same], dim=-1)
+    return out
+
+
 def pair_scores(
     image: torch.Tensor, text: torch.Tensor, batch: Any
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per direction: (scores [pairs, len(SIGNALS)], truth [pairs]) over off-diagonal pairs."""
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per direction over the off-diagonal pairs: (scores [pairs, len(SIGNALS)], truth
+    [pairs], features [pairs, 2 * len(SIGNALS)]). The features are the pair's own scores and
+    the other direction's scores of the same (image, caption) pair, i.e. every similarity
+    this model has of the two items, for the fitted ceiling."""
     n = image.shape[0]
     truth_i2t, truth_t2i = truth_matrices(batch, slice(0, n))
     off = ~torch.eye(n, dtype=torch.bool)
+    sig = _signals(image, text)
     out = {}
-    for direction, cross, same, truth in (
-        ("i2t", image @ text.T, image @ image.T, truth_i2t),
-        ("t2i", text @ image.T, text @ text.T, truth_t2i),
-    ):
-        rel = cross - cross.diag()[:, None]
-        scores = torch.stack([cross[off], rel[off], same[off]], dim=1)
-        out[direction] = (scores.numpy(), truth[off].numpy())
+    for direction, other, truth in (("i2t", "t2i", truth_i2t), ("t2i", "i2t", truth_t2i)):
+        own = sig[direction][off]
+        mirrored = sig[other].transpose(0, 1)[off]  # (row a, column k) -> the other's (k, a)
+        out[direction] = (own.numpy(), truth[off].numpy(), torch.cat([own, mirrored], 1).numpy())
     return out
+
+
+def fitted_f1(features: np.ndarray, truth: np.ndarray, iters: int = 200) -> dict[str, float]:
+    """Best F1 of a logistic regression on the features, their squares and pairwise products,
+    fitted on `truth` itself (in-sample): the best any smooth rule on these similarities
+    reaches, even one that knew the labels."""
+    x = torch.from_numpy(features).double()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+    i, j = torch.triu_indices(x.shape[1], x.shape[1])
+    x = torch.cat([x, x[:, i] * x[:, j]], 1).float()
+    y = torch.from_numpy(truth.astype(np.float32))
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y)
+        loss = loss + 1e-4 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)  # type: ignore[arg-type]
+    return best_f1((x @ w + b).detach().numpy(), truth)
 
 
 @torch.no_grad()
@@ -116,7 +162,7 @@ def ceiling(guide: Path, work: Path, setting: str, n_batches: int) -> list[dict[
     }
     rows = []
     for sampling, sampler in samplers.items():
-        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"i2t": [], "t2i": []}
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {"i2t": [], "t2i": []}
         for step, idx in enumerate(sampler.epoch(0)[:n_batches]):
             rows_t = torch.from_numpy(idx)
             got = pair_scores(image[rows_t], text[rows_t], table.batch(rows_t, step))
@@ -125,6 +171,7 @@ def ceiling(guide: Path, work: Path, setting: str, n_batches: int) -> list[dict[
         for direction, chunks in parts.items():
             scores = np.concatenate([c[0] for c in chunks])
             truth = np.concatenate([c[1] for c in chunks]).astype(bool)
+            features = np.concatenate([c[2] for c in chunks])
             row = {
                 "guide": str(guide),
                 "setting": setting,
@@ -134,7 +181,8 @@ def ceiling(guide: Path, work: Path, setting: str, n_batches: int) -> list[dict[
             }
             for k, signal in enumerate(SIGNALS):
                 row[signal] = best_f1(scores[:, k], truth)
-            rows.append(row)
+            row[FITTED] = fitted_f1(features, truth)
+            rows.append(row | {"_features": features, "_truth": truth})
     return rows
 
 
@@ -163,19 +211,41 @@ def train_guide(work: Path, base: Path, steps: int) -> Path:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
+    columns = (*SIGNALS, FITTED)
     head = "| guide | setting | sampling | direction | true FN rate | " + " | ".join(
-        f"best F1 on {s} (P / R)" for s in SIGNALS
+        f"best F1 on {s} (P / R)" if s in SIGNALS else f"F1 {s} (P / R)" for s in columns
     )
-    lines = [head + " |", "|" + "---|" * (5 + len(SIGNALS))]
+    lines = [head + " |", "|" + "---|" * (5 + len(columns))]
     for r in rows:
         cells = [
-            f"{r[s]['f1']:.3f} ({r[s]['precision']:.2f} / {r[s]['recall']:.2f})" for s in SIGNALS
+            f"{r[s]['f1']:.3f} ({r[s]['precision']:.2f} / {r[s]['recall']:.2f})" if s in r else "-"
+            for s in columns
         ]
         lines.append(
             f"| {r['guide_name']} | {r['setting']} | {r['sampling']} | {r['direction']} | "
             f"{r['true_fn_rate']:.3f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
+
+
+def all_guides_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (setting, sampling, direction): the fitted ceiling over the features of
+    every guide together (the same pairs in the same order: the batches are seeded)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["sampling"], r["direction"]), []).append(r)
+    out = []
+    for (setting, sampling, direction), group in groups.items():
+        truth = group[0]["_truth"]
+        if any(not np.array_equal(g["_truth"], truth) for g in group):
+            raise RuntimeError(f"{setting}/{sampling}: the guides were scored on different pairs")
+        features = np.concatenate([g["_features"] for g in group], axis=1)
+        out.append({
+            "guide": ", ".join(g["guide_name"] for g in group), "guide_name": ALL_GUIDES,
+            "setting": setting, "sampling": sampling, "direction": direction,
+            "true_fn_rate": float(truth.mean()), FITTED: fitted_f1(features, truth),
+        })  # fmt: skip
+    return out
 
 
 def _guide_name(guide: Path, work: Path) -> str:
@@ -229,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for row in ceiling(ckpt, args.work, setting, args.batches):
                 rows.append(row | {"guide_name": name})
                 print(table([rows[-1]]).splitlines()[-1], flush=True)
+    if len(guides) > 1:
+        for row in all_guides_rows(rows):
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fn_ceiling.json").write_text(json.dumps(rows, indent=1) + "\n")
     print("\n" + table(rows))

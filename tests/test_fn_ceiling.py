@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from fn_ceiling import best_f1, pair_scores  # noqa: E402
+from fn_ceiling import all_guides_rows, best_f1, fitted_f1, pair_scores  # noqa: E402
 
 from clipserve.training.losses.batch import LossBatch  # noqa: E402
 
@@ -59,6 +59,34 @@ def test_pair_scores_follow_the_labels_and_the_positive() -> None:
     assert scores[2, 0] == pytest.approx(cross[1, 0])
     assert scores[2, 1] == pytest.approx(cross[1, 0] - cross[1, 1])
     assert scores[2, 2] == pytest.approx(float(text[1] @ text[0]))
+    # The features add the other direction's scores of the same pair: t2i (caption 1,
+    # image 0) is i2t (image 0, caption 1), the first off-diagonal pair of i2t.
+    features = got["t2i"][2]
+    np.testing.assert_allclose(features[2, :3], scores[2])
+    np.testing.assert_allclose(features[2, 3:], got["i2t"][0][0], rtol=1e-6)
+    assert features.shape == (6, 6)
+
+
+def test_fitted_ceiling_finds_a_rule_no_single_threshold_can() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 2)).astype(np.float32)
+    truth = x[:, 0] * x[:, 1] > 0.3  # a product: no threshold on either score separates it
+    assert max(best_f1(x[:, k], truth)["f1"] for k in range(2)) < 0.6
+    assert fitted_f1(x, truth)["f1"] > 0.95
+
+
+def test_all_guides_row_needs_the_same_pairs() -> None:
+    truth = np.array([True, False, True])
+    rows = [
+        {"guide_name": g, "setting": "s", "sampling": "random", "direction": "t2i",
+         "_truth": truth, "_features": np.eye(3, 2, k, dtype=np.float32)}
+        for k, g in enumerate(("a", "b"))
+    ]  # fmt: skip
+    (row,) = all_guides_rows(rows)
+    assert row["guide"] == "a, b" and row["true_fn_rate"] == pytest.approx(2 / 3)
+    rows[1]["_truth"] = ~truth
+    with pytest.raises(RuntimeError, match="different pairs"):
+        all_guides_rows(rows)
 
 
 def test_the_better_informed_guide_never_sees_a_target_set() -> None:
