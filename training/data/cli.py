@@ -1,8 +1,8 @@
 """`clipserve data`: make or inspect data sets.
 
     clipserve data synth --out DIR [--n N] [--seed S] [--tuples T] [--image-size 64]
-                         [--holdout 0.1] [--partial-captions F] [--workers W] [--force]
-                         [--quiet]
+                         [--holdout 0.1] [--partial-captions F] [--objects K] [--workers W]
+                         [--force] [--quiet]
     clipserve data info DIR
 
 Argument errors exit 2 through argparse; semantic errors raise ValueError, which the
@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         "%(default)s)",
     )
     p.add_argument(
+        "--objects",
+        type=int,
+        default=defaults.objects,
+        metavar="K",
+        help="objects per image, 1-4, one per quadrant (default %(default)s). Above 1, --tuples "
+        "counts distinct scenes and a caption matches an image when every object it "
+        "describes is in it",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="render processes (default: one per CPU, max 4)"
     )
     p.add_argument("--force", action="store_true", help="regenerate even if --out is up to date")
@@ -86,6 +95,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         holdout=args.holdout,
         partial_captions=args.partial_captions,
+        objects=args.objects,
     )
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
@@ -118,8 +128,10 @@ def _run_info(args: argparse.Namespace) -> int:
     meta = _meta(synth.SynthPaths.under(args.dir).meta)
     config = meta["config"]
     print(f"{args.dir}: {meta['format']}, {meta['n_train']} train + {meta['n_test']} test items")
+    k = config.get("objects", 1)
+    kind = f"scenes of {k} objects" if k > 1 else "tuples"
     print(
-        f"  {meta['n_tuples']} tuples, seed {config['seed']}, "
+        f"  {meta['n_tuples']} {kind}, seed {config['seed']}, "
         f"{config['image_size']}x{config['image_size']} px"
     )
     for batch, fn in sorted(

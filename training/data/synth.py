@@ -1,8 +1,8 @@
 """A deterministic synthetic image–caption data set whose false negatives are known exactly.
 
 Each item is one coloured shape on a grey background, described by an attribute tuple
-(shape, colour, size, position). The caller fixes how many distinct tuples exist
-(`SynthConfig.n_tuples`); items are spread evenly over them, so two different images with
+(shape, colour, size, position), or with `SynthConfig.objects` > 1 a scene of several. The
+caller fixes how many distinct tuples exist (`SynthConfig.n_tuples`); items are spread evenly over them, so two different images with
 the same tuple are true matches. In a contrastive batch those pairs are false negatives, and
 their expected number follows from the tuple counts alone
 (`expected_false_negatives_per_anchor`).
@@ -47,15 +47,18 @@ from clipserve.training.data.synth_captions import (
     TEMPLATES,
     caption,
     partial_caption,
+    scene_caption,
 )
 from clipserve.training.data.synth_render import (
     ATTRIBUTES,
     COLOURS,
     FULL_PRODUCT,
     POSITIONS,
+    SCENE_POSITIONS,
     SHAPES,
     SIZES,
     render,
+    render_scene,
 )
 
 __all__ = [
@@ -71,6 +74,7 @@ __all__ = [
     "SynthSummary",
     "assign_tuples",
     "caption",
+    "draw_scenes",
     "draw_tuples",
     "expected_false_negatives_from_counts",
     "expected_caption_matches",
@@ -80,7 +84,10 @@ __all__ = [
     "item_rng",
     "labels_key",
     "named_attributes",
+    "named_objects",
     "render",
+    "render_scene",
+    "scene_labels",
     "split_test",
 ]
 
@@ -103,6 +110,13 @@ class SynthConfig:
     subset of the four attributes (1-3 of them). Their manifest rows carry `caption_labels`,
     the named attributes: caption k is relevant to image a iff caption_labels[k] is a subset
     of labels[a], so ground truth stays exact. 0 = every caption names every attribute.
+    objects: objects per image (1-4). Above 1 a "tuple" is a scene: that many attribute
+    tuples in distinct quadrants, n_tuples distinct scenes (required). Labels then bind
+    attributes to their object: labels[a] holds, per object, every combination of its
+    attributes ("colour=red&shape=circle"), and a caption's labels one combination per object
+    it names, so the same subset rule stays exact ("a red circle" does not match a red square
+    beside a blue circle). Partial captions mention some of the objects, each with some of
+    its attributes; full ones every object with every attribute.
     """
 
     n: int = 6000
@@ -111,6 +125,7 @@ class SynthConfig:
     image_size: int = 64
     holdout: float = 0.1
     partial_captions: float = 0.0
+    objects: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -126,6 +141,16 @@ class SynthConfig:
             )
         if self.n_tuples == 0:  # one spelling for "all", so equal data sets compare equal
             object.__setattr__(self, "n_tuples", None)
+        if isinstance(self.objects, bool) or self.objects not in range(1, len(SCENE_POSITIONS) + 1):
+            raise ValueError(
+                f"objects must be an integer from 1 to {len(SCENE_POSITIONS)} (one per "
+                f"quadrant), got {self.objects!r}"
+            )
+        if self.objects > 1 and self.n_tuples is None:
+            raise ValueError(
+                f"with objects={self.objects} there are too many scenes to use them all: "
+                "give n_tuples, the number of distinct scenes"
+            )
         if self.n < self.tuple_count:
             raise ValueError(
                 f"n={self.n} items cannot cover {self.tuple_count} tuples; "
@@ -155,6 +180,8 @@ class SynthConfig:
         out = asdict(self)
         if not self.partial_captions:  # sets made before the option existed stay identical
             del out["partial_captions"]
+        if self.objects == 1:
+            del out["objects"]
         return out
 
 
@@ -191,6 +218,52 @@ class SynthSummary:
 def labels_key(attributes: dict[str, str]) -> str:
     """Canonical tuple key: sorted key=value joined by '|'. Equal keys are true matches."""
     return "|".join(f"{k}={attributes[k]}" for k in sorted(attributes))
+
+
+Scene = tuple[dict[str, str], ...]  # the objects of one image
+
+
+def scene_labels(scene: Scene) -> str:
+    """The image's labels: `labels_key` of a single object; with several, every non-empty
+    combination of each object's attributes, "&"-joined, so attributes stay bound to their
+    object (see SynthConfig.objects)."""
+    if len(scene) == 1:
+        return labels_key(scene[0])
+    tags = {
+        conjunction({k: o[k] for k in keys})
+        for o in scene
+        for r in range(1, len(o) + 1)
+        for keys in itertools.combinations(sorted(o), r)
+    }
+    return "|".join(sorted(tags))
+
+
+def conjunction(attributes: dict[str, str]) -> str:
+    """One object's named attributes as one label: sorted key=value joined by '&'."""
+    return "&".join(f"{k}={attributes[k]}" for k in sorted(attributes))
+
+
+def _scene_key(scene: Scene) -> str:
+    return "; ".join(labels_key(o) for o in scene)
+
+
+def draw_scenes(config: SynthConfig) -> list[Scene]:
+    """The config's scenes: its tuples as one-object scenes, or with objects > 1 n_tuples
+    distinct scenes, each `objects` random tuples in distinct quadrants (quadrant order)."""
+    if config.objects == 1:
+        return [(t,) for t in draw_tuples(config)]
+    rng = np.random.default_rng((config.seed, _STREAM_TUPLES))
+    kinds = list(itertools.product(SHAPES, COLOURS, SIZES))
+    scenes: dict[str, Scene] = {}
+    while len(scenes) < config.tuple_count:
+        where = sorted(rng.choice(len(SCENE_POSITIONS), size=config.objects, replace=False))
+        scene = tuple(
+            dict(zip(("shape", "colour", "size"), kinds[int(rng.integers(len(kinds)))],
+                     strict=True)) | {"position": SCENE_POSITIONS[w]}
+            for w in where
+        )  # fmt: skip
+        scenes.setdefault(_scene_key(scene), scene)
+    return list(scenes.values())
 
 
 def draw_tuples(config: SynthConfig) -> list[dict[str, str]]:
@@ -296,10 +369,40 @@ def named_attributes(config: SynthConfig, index: int) -> tuple[str, ...]:
     return tuple(names[i] for i in sorted(rng.choice(len(names), size=k, replace=False)))
 
 
-def _item_caption(
-    config: SynthConfig, index: int, attrs: dict[str, str], template: int
-) -> tuple[str, str]:
+def named_objects(config: SynthConfig, index: int) -> list[tuple[str, ...]]:
+    """Per object of a multi-object item, the attributes its caption names (empty: the
+    object is not mentioned). Full captions name everything; a partial one mentions a random
+    non-empty subset of the objects, each with a random non-empty subset of attributes."""
+    names = tuple(ATTRIBUTES)
+    rng = np.random.default_rng((config.seed, _STREAM_CAPTION, index))
+    if rng.random() >= config.partial_captions:
+        return [names] * config.objects
+    mentioned = rng.choice(config.objects, size=int(rng.integers(1, config.objects + 1)),
+                           replace=False)  # fmt: skip
+    out: list[tuple[str, ...]] = [()] * config.objects
+    for m in sorted(mentioned.tolist()):
+        k = int(rng.integers(1, len(names) + 1))
+        out[m] = tuple(names[i] for i in sorted(rng.choice(len(names), size=k, replace=False)))
+    return out
+
+
+def _scene_caption(config: SynthConfig, index: int, scene: Scene) -> tuple[str, str]:
+    """(caption, caption_labels) of a multi-object item, one conjunction label per object
+    the caption mentions."""
+    named = named_objects(config, index)
+    rng = np.random.default_rng((config.seed, _STREAM_CAPTION, index, 1))
+    template = int(rng.integers(len(PARTIAL_TEMPLATES)))
+    nouns = rng.integers(2, size=len(scene)).tolist()
+    text = scene_caption(list(scene), [set(n) for n in named], template, nouns)
+    tags = {conjunction({k: o[k] for k in n}) for o, n in zip(scene, named, strict=True) if n}
+    return text, "|".join(sorted(tags))
+
+
+def _item_caption(config: SynthConfig, index: int, scene: Scene, template: int) -> tuple[str, str]:
     """(caption, caption_labels) of an item; `template` comes from the item's own stream."""
+    if len(scene) > 1:
+        return _scene_caption(config, index, scene)
+    attrs = scene[0]
     named = named_attributes(config, index)
     if len(named) == len(ATTRIBUTES):
         return caption(attrs, template), labels_key(attrs)
@@ -318,7 +421,7 @@ def _id_width(n: int) -> int:
 
 
 def _render_chunk(
-    args: tuple[SynthConfig, list[dict[str, str]], str, list[int], list[int]],
+    args: tuple[SynthConfig, list[Scene], str, list[int], list[int]],
 ) -> list[tuple[str, str]]:
     """Render and save items; returns their (caption, caption_labels). Top-level so worker
     processes can run it."""
@@ -327,9 +430,9 @@ def _render_chunk(
     captions = []
     for index, t in zip(indices, tuple_ids, strict=True):
         rng = item_rng(config.seed, index)
-        attrs = tuples[t]
-        captions.append(_item_caption(config, index, attrs, int(rng.integers(len(TEMPLATES)))))
-        image = render(attrs, config.image_size, rng)
+        scene = tuples[t]
+        captions.append(_item_caption(config, index, scene, int(rng.integers(len(TEMPLATES)))))
+        image = render_scene(scene, config.image_size, rng)
         # Fixed encoder options and no metadata chunks: identical bytes run to run. One write
         # per file: creating files is the slow part here, not encoding.
         buf = io.BytesIO()
@@ -415,7 +518,7 @@ def generate(
     start = time.perf_counter()
     paths = SynthPaths.under(out_dir)
     _prepare(paths)
-    tuples = draw_tuples(config)
+    tuples = draw_scenes(config)
     assignment = assign_tuples(config)
     is_test = split_test(config, assignment)
 
@@ -438,30 +541,30 @@ def generate(
     width = _id_width(config.n)
     lines: dict[bool, list[str]] = {False: [], True: []}
     for index in range(config.n):
-        attrs = tuples[assignment[index]]
+        scene = tuples[assignment[index]]
         item_id = f"{index:0{width}d}"
         text, named = captions[index]
         record = {
             "id": item_id,
             "image": f"images/{item_id}.png",
             "caption": text,
-            "labels": labels_key(attrs),
-            "attributes": dict(attrs),
+            "labels": scene_labels(scene),
+            "attributes": dict(scene[0]) if len(scene) == 1 else [dict(o) for o in scene],
         }
-        if config.partial_captions:
+        if config.partial_captions or config.objects > 1:
             record["caption_labels"] = named
         lines[bool(is_test[index])].append(json.dumps(record, sort_keys=True))
     _write_atomic(paths.train, "".join(line + "\n" for line in lines[False]))
     _write_atomic(paths.test, "".join(line + "\n" for line in lines[True]))
     meta = _meta(config, tuples, assignment, is_test)
-    if config.partial_captions:
+    if config.partial_captions or config.objects > 1:
         train_idx = np.flatnonzero(~is_test)
         meta["expected_caption_matches_per_anchor"] = {
             str(b): round(
                 expected_caption_matches(
                     b,
                     [captions[i][1] for i in train_idx],
-                    [labels_key(tuples[assignment[i]]) for i in train_idx],
+                    [scene_labels(tuples[assignment[i]]) for i in train_idx],
                 ),
                 6,
             )
@@ -513,7 +616,7 @@ def _remove_stale_images(paths: SynthPaths, n: int) -> None:
 
 
 def _meta(
-    config: SynthConfig, tuples: list[dict[str, str]], assignment: np.ndarray, is_test: np.ndarray
+    config: SynthConfig, tuples: list[Scene], assignment: np.ndarray, is_test: np.ndarray
 ) -> dict[str, Any]:
     train_counts = np.bincount(assignment[~is_test], minlength=len(tuples)).tolist()
     test_counts = np.bincount(assignment[is_test], minlength=len(tuples)).tolist()
@@ -526,7 +629,7 @@ def _meta(
         "n_test": int(is_test.sum()),
         "n_tuples": len(tuples),
         "tuples": [
-            {"labels": labels_key(t), "n_train": a, "n_test": b}
+            {"labels": _scene_key(t), "n_train": a, "n_test": b}
             for t, a, b in zip(tuples, train_counts, test_counts, strict=True)
         ],
         # For the train split, which is what training batches are drawn from.

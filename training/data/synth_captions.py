@@ -52,11 +52,29 @@ def partial_caption(attributes: dict[str, str], named: set[str], template: int, 
 
     Relevance is exact: an image matches this caption iff it has every named attribute.
     """
+    return PARTIAL_TEMPLATES[template % len(PARTIAL_TEMPLATES)].format(
+        np=noun_phrase(attributes, named, noun), where=""
+    )
+
+
+def noun_phrase(attributes: dict[str, str], named: set[str], noun: int) -> str:
+    """'a small red circle in the top left', naming only the attributes in `named`."""
     if not named or not named <= set(attributes):
         raise ValueError(f"named must be a non-empty subset of {sorted(attributes)}, got {named}")
     words = [attributes[k] for k in ("size", "colour") if k in named]
     words.append(attributes["shape"] if "shape" in named else _NOUNS[noun % len(_NOUNS)])
     where = f" in the {attributes['position'].replace('-', ' ')}" if "position" in named else ""
-    return PARTIAL_TEMPLATES[template % len(PARTIAL_TEMPLATES)].format(
-        np=_a(" ".join(words)), where=where
-    )
+    return _a(" ".join(words)) + where
+
+
+def scene_caption(
+    objects: list[dict[str, str]], named: list[set[str]], template: int, nouns: list[int]
+) -> str:
+    """Caption of a multi-object scene: one noun phrase per object with a non-empty `named`
+    set (objects with an empty one are not mentioned), 'X, Y and Z'. An image matches it iff
+    every phrase describes one of its objects (one object may meet two phrases)."""
+    phrases = [noun_phrase(o, n, k) for o, n, k in zip(objects, named, nouns, strict=True) if n]
+    if not phrases:
+        raise ValueError("a scene caption must mention at least one object")
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return PARTIAL_TEMPLATES[template % len(PARTIAL_TEMPLATES)].format(np=listed, where="")

@@ -1,7 +1,7 @@
 """Rendering for the synthetic data set: attribute vocabulary, shape geometry, nuisance.
 
 `render` draws one coloured shape on a grey background for an attribute tuple (shape,
-colour, size, position). Instances of one tuple differ only by nuisance variation (position
+colour, size, position); `render_scene` draws several, one per quadrant. Instances of one tuple differ only by nuisance variation (position
 jitter inside the region, size jitter inside the size band, small rotation, colour shade,
 background shade and noise) whose ranges never cross an attribute boundary, so the tuple
 alone decides what an image shows. All randomness comes from the caller's generator.
@@ -10,6 +10,7 @@ alone decides what an image shows. All randomness comes from the caller's genera
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -85,6 +86,56 @@ _POLYGONS = {s: _unit_polygon(s) for s in SHAPES if s != "circle"}
 
 def render(attributes: dict[str, str], image_size: int, rng: np.random.Generator) -> Image.Image:
     """One RGB image of the tuple, with nuisance variation drawn from `rng`."""
+    return render_scene((attributes,), image_size, rng)
+
+
+# Where the objects of a scene with more than one may sit: the quadrants. A large centre
+# shape would overlap a large quadrant one, and the picture must show every object whole.
+SCENE_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def render_scene(
+    objects: Sequence[dict[str, str]], image_size: int, rng: np.random.Generator
+) -> Image.Image:
+    """One RGB image showing every object (attribute tuples at distinct positions; more than
+    one only in `SCENE_POSITIONS`), with nuisance variation drawn from `rng`. One object
+    draws exactly the random numbers, and so the pixels, that `render` always has."""
+    positions = [o["position"] for o in objects]
+    if not objects or len(set(positions)) != len(positions):
+        raise ValueError(f"a scene needs objects at distinct positions, got {positions}")
+    if len(objects) > 1 and not set(positions) <= set(SCENE_POSITIONS):
+        raise ValueError(f"objects of a multi-object scene sit in {SCENE_POSITIONS}")
+    shapes = [_draw_params(o, rng) for o in objects]
+    grey = int(rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1))
+
+    side = image_size * _SUPERSAMPLE
+    canvas = Image.new("RGB", (side, side), (grey, grey, grey))
+    draw = ImageDraw.Draw(canvas)
+    for o, (radius, cx, cy, angle, colour) in zip(objects, shapes, strict=True):
+        if o["shape"] == "circle":
+            r = radius * side
+            draw.ellipse([cx * side - r, cy * side - r, cx * side + r, cy * side + r], fill=colour)
+        else:
+            rot = np.array(
+                [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+            )
+            pts = (_POLYGONS[o["shape"]] @ rot.T) * radius * side + (cx * side, cy * side)
+            draw.polygon([tuple(p) for p in pts.tolist()], fill=colour)
+    small = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
+    # Shade gradient and grey (not per-channel) noise: visible nuisance that leaves hue alone
+    # and keeps PNGs ~3x smaller and faster to encode than per-channel noise.
+    ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
+    gx, gy = rng.uniform(-_GRADIENT, _GRADIENT, 2).astype(np.float32)
+    shade = gx * ramp[None, :] + gy * ramp[:, None]
+    noise = rng.standard_normal((image_size, image_size), dtype=np.float32) * _NOISE_SIGMA
+    out = np.rint(small + (shade + noise)[:, :, None])
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def _draw_params(
+    attributes: dict[str, str], rng: np.random.Generator
+) -> tuple[float, float, float, float, tuple[int, ...]]:
+    """(radius, centre x, centre y, rotation, RGB) of one object, in units of the side."""
     radius = rng.uniform(*_RADIUS[attributes["size"]])
     cx, cy = _REGION_CENTRE[attributes["position"]]
     if attributes["position"] == "centre":
@@ -96,25 +147,4 @@ def render(attributes: dict[str, str], image_size: int, rng: np.random.Generator
     angle = np.deg2rad(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
     base = np.array(COLOURS[attributes["colour"]])
     shade = np.clip(base + rng.integers(-_SHADE_JITTER, _SHADE_JITTER + 1, 3), 0, 255)
-    colour = tuple(int(c) for c in shade)
-    grey = int(rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1))
-
-    side = image_size * _SUPERSAMPLE
-    canvas = Image.new("RGB", (side, side), (grey, grey, grey))
-    draw = ImageDraw.Draw(canvas)
-    if attributes["shape"] == "circle":
-        r = radius * side
-        draw.ellipse([cx * side - r, cy * side - r, cx * side + r, cy * side + r], fill=colour)
-    else:
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        pts = (_POLYGONS[attributes["shape"]] @ rot.T) * radius * side + (cx * side, cy * side)
-        draw.polygon([tuple(p) for p in pts.tolist()], fill=colour)
-    small = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
-    # Shade gradient and grey (not per-channel) noise: visible nuisance that leaves hue alone
-    # and keeps PNGs ~3x smaller and faster to encode than per-channel noise.
-    ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
-    gx, gy = rng.uniform(-_GRADIENT, _GRADIENT, 2).astype(np.float32)
-    shade = gx * ramp[None, :] + gy * ramp[:, None]
-    noise = rng.standard_normal((image_size, image_size), dtype=np.float32) * _NOISE_SIGMA
-    out = np.rint(small + (shade + noise)[:, :, None])
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+    return radius, cx, cy, angle, tuple(int(c) for c in shade)
