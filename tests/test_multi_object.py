@@ -133,7 +133,13 @@ def test_one_object_sets_are_unchanged_and_the_option_is_checked(tmp_path: Path)
     assert a.tobytes() == synth.render_scene((t,), 64, rng_b).tobytes()
     with pytest.raises(ValueError, match="from 1 to 4"):
         synth.SynthConfig(n=40, n_tuples=10, objects=5)
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        synth.SynthConfig(n=40, n_tuples=10, objects=2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="give n_tuples"):
         synth.SynthConfig(n=40, n_tuples=None, objects=2)
+    assert synth.scene_count(2) == 6 * 72**2  # 6 pairs of quadrants, 72 kinds of object each
+    synth.SynthConfig(n=400, n_tuples=361, objects=2)  # more scenes than one-object tuples
+    with pytest.raises(ValueError, match="between 1 and 360 "):
+        synth.SynthConfig(n=400, n_tuples=361)
     with pytest.raises(ValueError, match="distinct positions"):
         synth.render_scene((t, t), 64, rng_a)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,7 @@ __all__ = [
     "named_objects",
     "render",
     "render_scene",
+    "scene_count",
     "scene_labels",
     "split_test",
 ]
@@ -97,6 +99,15 @@ FORMAT = "clipserve-synth/1"
 _STREAM_TUPLES, _STREAM_ASSIGN, _STREAM_SPLIT, _STREAM_ITEM = 1, 2, 3, 4
 # Own stream for partial captions, so images (and full captions) stay as they were.
 _STREAM_CAPTION = 5
+
+
+def scene_count(objects: int) -> int:
+    """How many distinct images of `objects` objects exist: the tuples for one; for more,
+    a (shape, colour, size) per occupied quadrant."""
+    if objects == 1:
+        return FULL_PRODUCT
+    kinds = len(SHAPES) * len(COLOURS) * len(SIZES)
+    return math.comb(len(SCENE_POSITIONS), objects) * kinds**objects
 
 
 @dataclass(frozen=True)
@@ -132,20 +143,23 @@ class SynthConfig:
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.n_tuples is not None and (
-            not isinstance(self.n_tuples, int) or not 0 <= self.n_tuples <= FULL_PRODUCT
+        if (
+            isinstance(self.objects, bool)
+            or not isinstance(self.objects, int)
+            or not 1 <= self.objects <= len(SCENE_POSITIONS)
         ):
-            raise ValueError(
-                f"n_tuples must be between 1 and {FULL_PRODUCT} (or 0/None for all), "
-                f"got {self.n_tuples!r}"
-            )
-        if self.n_tuples == 0:  # one spelling for "all", so equal data sets compare equal
-            object.__setattr__(self, "n_tuples", None)
-        if isinstance(self.objects, bool) or self.objects not in range(1, len(SCENE_POSITIONS) + 1):
             raise ValueError(
                 f"objects must be an integer from 1 to {len(SCENE_POSITIONS)} (one per "
                 f"quadrant), got {self.objects!r}"
             )
+        most = scene_count(self.objects)
+        if self.n_tuples is not None and (
+            not isinstance(self.n_tuples, int) or not 0 <= self.n_tuples <= most
+        ):
+            every = " (or 0/None for all)" if self.objects == 1 else ""
+            raise ValueError(f"n_tuples must be between 1 and {most}{every}, got {self.n_tuples!r}")
+        if self.n_tuples == 0:  # one spelling for "all", so equal data sets compare equal
+            object.__setattr__(self, "n_tuples", None)
         if self.objects > 1 and self.n_tuples is None:
             raise ValueError(
                 f"with objects={self.objects} there are too many scenes to use them all: "
