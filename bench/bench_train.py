@@ -170,12 +170,14 @@ def _config(
     return config_from_dict(raw, source="bench")
 
 
-def base_model(work: Path, steps: int) -> tuple[Path, bool]:
-    """The base's checkpoint, and whether an earlier invocation had trained it."""
+def base_model(work: Path, steps: int, seed: int = 0) -> tuple[Path, bool]:
+    """The base's checkpoint, and whether an earlier invocation had trained it. `seed` is
+    the base run's own (initialisation and batch order; the data stay the same)."""
     paths = synth.generate(BASE_DATA, work / "data" / "base", progress=False, reuse=True).paths
     cfg = _config(
-        paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40, progress=True
-    )  # the runs print a line each; the base's ten minutes get a progress bar
+        paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40, seed=seed,
+        progress=True,
+    )  # fmt: skip  # the runs print a line each; the base's ten minutes get a progress bar
     t0 = time.perf_counter()
     result = train(cfg)
     note = "cached" if result.already_finished else f"{time.perf_counter() - t0:.0f} s"
@@ -637,6 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # probe warned about; see docs/benchmarks.md.
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per run")
     p.add_argument("--base-steps", type=int, default=2000)
+    p.add_argument("--base-seed", type=int, default=0,
+                   help="the base run's seed: where a from-scratch base lands decides how much "
+                   "is left to learn (use its own --work per base)")  # fmt: skip
     p.add_argument("--step-reps", type=int, default=10, help="step-time repetitions per loss")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--only", nargs="*", help="only these config names")
@@ -688,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python bench/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
         f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
     )
-    base, base_cached = base_model(work, args.base_steps)
+    base, base_cached = base_model(work, args.base_steps, args.base_seed)
     # Finished runs are journalled in the work directory (resume from there), never read
     # back from OUT: a fresh clone's committed docs/results must not count as done.
     journal = out if args.worker else work / "results"

@@ -87,3 +87,26 @@ def test_workers_run_each_run_once_and_resume(tmp_path: Path) -> None:
     assert "1 runs in 1 worker processes" in proc.stdout
     assert f"{lost['config']:28s} seed {lost['seed']}" in proc.stdout
     assert _keys(results) == [(c, s) for s in range(2) for c in CONFIGS]
+
+
+def test_base_seed_gives_the_base_its_own_start(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--base-seed: where a from-scratch base lands is measured by training it from other
+    seeds on the same data."""
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train as bt
+
+    monkeypatch.setattr(bt, "MODEL", "clipserve-micro")
+    monkeypatch.setattr(bt, "BATCH", 16)
+    monkeypatch.setattr(bt, "BASE_DATA", bt._scaled(bt.BASE_DATA, 0.02))
+    weights = {}
+    for seed in (0, 1):
+        ckpt, cached = bt.base_model(tmp_path / str(seed), steps=2, seed=seed)
+        assert not cached
+        config = json.loads((tmp_path / str(seed) / "base" / "config.json").read_text())
+        assert config["run"]["seed"] == seed
+        weights[seed] = torch.load(ckpt, map_location="cpu", weights_only=False)
+    a, b = (w["model"] for w in weights.values())
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
