@@ -2,10 +2,10 @@
 
 Each item is one coloured shape on a grey background, described by an attribute tuple
 (shape, colour, size, position), or with `SynthConfig.objects` > 1 a scene of several. The
-caller fixes how many distinct tuples exist (`SynthConfig.n_tuples`); items are spread evenly over them, so two different images with
-the same tuple are true matches. In a contrastive batch those pairs are false negatives, and
-their expected number follows from the tuple counts alone
-(`expected_false_negatives_per_anchor`).
+caller fixes how many distinct tuples exist (`SynthConfig.n_tuples`); items are spread
+evenly over them, so two different images with the same tuple are true matches. In a
+contrastive batch those pairs are false negatives, and their expected number follows from
+the tuple counts alone (`expected_false_negatives_per_anchor`).
 
 Within a tuple, instances differ only by nuisance variation whose ranges never cross an
 attribute boundary. The vocabulary and drawing live in `synth_render`, the caption templates

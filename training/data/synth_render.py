@@ -1,10 +1,11 @@
 """Rendering for the synthetic data set: attribute vocabulary, shape geometry, nuisance.
 
 `render` draws one coloured shape on a grey background for an attribute tuple (shape,
-colour, size, position); `render_scene` draws several, one per quadrant. Instances of one tuple differ only by nuisance variation (position
-jitter inside the region, size jitter inside the size band, small rotation, colour shade,
-background shade and noise) whose ranges never cross an attribute boundary, so the tuple
-alone decides what an image shows. All randomness comes from the caller's generator.
+colour, size, position); `render_scene` draws several, one per quadrant. Instances of one
+tuple differ only by nuisance variation (position jitter inside the region, size jitter
+inside the size band, small rotation, colour shade, background shade and noise) whose
+ranges never cross an attribute boundary, so the tuple alone decides what an image shows.
+All randomness comes from the caller's generator.
 """
 
 from __future__ import annotations
