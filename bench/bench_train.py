@@ -571,7 +571,8 @@ def run_workers(
     print(f"{left} runs in {n} worker processes, 1 thread each", flush=True)
     common = [
         "--work", str(work), "--seeds", str(args.seeds), "--steps", str(args.steps),
-        "--base-steps", str(args.base_steps), "--settings", *args.settings,
+        "--base-steps", str(args.base_steps), "--base-seed", str(args.base_seed),
+        "--settings", *args.settings,
         "--model", args.model, "--batch", str(args.batch), "--data-scale", str(args.data_scale),
         "--step-reps", "0", "--detect-batches", "0", "--threads", "1", "--workers", "1",
         "--worker",

@@ -20,7 +20,7 @@ def _bench(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         "--out", str(tmp_path / "out"), "--model", "clipserve-micro", "--batch", "16",
         "--data-scale", "0.05", "--base-steps", "3", "--steps", "2", "--seeds", "2",
         "--settings", "high-fn", "--only", *CONFIGS, "--workers", "2", "--step-reps", "0",
-        "--detect-batches", "0",
+        "--detect-batches", "0", "--base-seed", "1",  # the workers must get it too
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
