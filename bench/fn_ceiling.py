@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="checkpoints to score with (default: the base model, and the high-fn 'random' "
         "and 'hard+guide/drop' fine-tunes of seed 0 when present)",
     )
-    p.add_argument("--settings", nargs="+", default=list(bt.SETTINGS))
+    p.add_argument("--settings", nargs="+", default=list(bt.DEFAULT_SETTINGS))
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--train-guide", type=int, default=0, metavar="STEPS",
                    help="also score with the base trained STEPS more steps on under-specified "

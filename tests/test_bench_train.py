@@ -110,3 +110,13 @@ def test_base_seed_gives_the_base_its_own_start(tmp_path: Path, monkeypatch) -> 
     a, b = (w["model"] for w in weights.values())
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_plan_is_the_issues_two_settings() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train as bt
+
+    assert bt.DEFAULT_SETTINGS == ("high-fn", "low-fn")
+    multi, runs = bt.SETTINGS["multi-object"]
+    assert multi.objects == 2 and multi.partial_captions > 0
+    assert [s.name for s in runs() if s.baseline] == ["random"]
