@@ -45,7 +45,7 @@ proto: $(STAMP)  ## regenerate the gRPC/protobuf stubs in proto/v1 from proto/v1
 bench-train: $(STAMP)  ## FN-filtered hard-negative benchmark -> docs/results/fn_benchmark.{json,md,png} (about 43 min on 2 cores, plus the install)
 	$(BIN)/python bench/bench_train.py --work $(WORK)/bench-train --out docs/results $(BENCH_ARGS)
 
-fn-ceiling: $(STAMP)  ## after bench-train: how well could any rule on the embeddings detect false negatives? -> docs/results/fn_ceiling.json (about 5 min)
+fn-ceiling: $(STAMP)  ## after bench-train: how well could any rule on the embeddings detect false negatives? -> docs/results/fn_ceiling.json (about 6 min)
 	$(BIN)/python bench/fn_ceiling.py --work $(WORK)/bench-train --out docs/results --train-guide 400
 
 clean:  ## remove the work directory (keeps .venv)
