@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_train as bt  # noqa: E402
 
 DEFAULT_CONFIGS = ("random", "mined+guide/drop", "random+guide/drop")
 
@@ -26,16 +28,14 @@ DEFAULT_CONFIGS = ("random", "mined+guide/drop", "random+guide/drop")
 def summarise(
     runs: dict[str, list[dict[str, Any]]], configs: Sequence[str], metric: str
 ) -> dict[tuple[str, str, str], tuple[float, float, int]]:
-    """(setting, config, base) -> (mean, std, seeds) of `metric` over seeds."""
+    """(setting, config, base) -> (mean, std, seeds) of `metric` over seeds, as the
+    benchmark's own report computes them (`bench_train.summarise`)."""
     out = {}
     for base, rows in runs.items():
-        values: dict[tuple[str, str], list[float]] = {}
-        for r in rows:
-            if r["config"] in configs and metric in r["metrics"]:
-                values.setdefault((r["setting"], r["config"]), []).append(r["metrics"][metric])
-        for (setting, config), v in values.items():
-            std = statistics.stdev(v) if len(v) > 1 else 0.0
-            out[(setting, config, base)] = (statistics.fmean(v), std, len(v))
+        mine = [r for r in rows if r["config"] in configs and metric in r["metrics"]]
+        for (setting, config), stats in bt.summarise(mine).items():
+            mean, std = stats[metric]
+            out[(setting, config, base)] = (mean, std, int(stats["_seeds"][0]))
     return out
 
 
