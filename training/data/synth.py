@@ -101,13 +101,17 @@ _STREAM_TUPLES, _STREAM_ASSIGN, _STREAM_SPLIT, _STREAM_ITEM = 1, 2, 3, 4
 _STREAM_CAPTION = 5
 
 
+# What an object of a multi-object scene draws; its position is the quadrant it is given.
+_OBJECT_KINDS = list(itertools.product(*(v for k, v in ATTRIBUTES.items() if k != "position")))
+_OBJECT_KEYS = tuple(k for k in ATTRIBUTES if k != "position")
+
+
 def scene_count(objects: int) -> int:
     """How many distinct images of `objects` objects exist: the tuples for one; for more,
-    a (shape, colour, size) per occupied quadrant."""
+    one object kind per occupied quadrant."""
     if objects == 1:
         return FULL_PRODUCT
-    kinds = len(SHAPES) * len(COLOURS) * len(SIZES)
-    return math.comb(len(SCENE_POSITIONS), objects) * kinds**objects
+    return math.comb(len(SCENE_POSITIONS), objects) * len(_OBJECT_KINDS) ** objects
 
 
 @dataclass(frozen=True)
@@ -267,12 +271,11 @@ def draw_scenes(config: SynthConfig) -> list[Scene]:
     if config.objects == 1:
         return [(t,) for t in draw_tuples(config)]
     rng = np.random.default_rng((config.seed, _STREAM_TUPLES))
-    kinds = list(itertools.product(SHAPES, COLOURS, SIZES))
     scenes: dict[str, Scene] = {}
     while len(scenes) < config.tuple_count:
         where = sorted(rng.choice(len(SCENE_POSITIONS), size=config.objects, replace=False))
         scene = tuple(
-            dict(zip(("shape", "colour", "size"), kinds[int(rng.integers(len(kinds)))],
+            dict(zip(_OBJECT_KEYS, _OBJECT_KINDS[int(rng.integers(len(_OBJECT_KINDS)))],
                      strict=True)) | {"position": SCENE_POSITIONS[w]}
             for w in where
         )  # fmt: skip
