@@ -106,16 +106,18 @@ def _run_synth(args: argparse.Namespace) -> int:
         summary = synth.generate(config, args.out, progress=not args.quiet, workers=args.workers)
         print(
             f"wrote {summary.n_train} train + {summary.n_test} test items over "
-            f"{summary.n_tuples} tuples to {args.out} in {summary.seconds:.1f} s "
+            f"{summary.n_tuples} {_unit(config.objects)} to {args.out} in {summary.seconds:.1f} s "
             f"({summary.items_per_s:.0f} items/s)"
         )
-    counts = [t["n_train"] for t in _meta(summary.paths.meta)["tuples"]]
+    meta = _meta(summary.paths.meta)
+    counts = [t["n_train"] for t in meta["tuples"]]
     fn = synth.expected_false_negatives_from_counts(REPORT_BATCH, counts)
     print(
         f"expected false negatives per anchor at batch {REPORT_BATCH}: {fn:.2f} "
-        f"(train split, {summary.n_train / summary.n_tuples:.1f} items per tuple)"
+        f"(train split, {summary.n_train / summary.n_tuples:.1f} items per "
+        f"{'scene' if config.objects > 1 else 'tuple'})"
     )
-    matches = _meta(summary.paths.meta).get("expected_caption_matches_per_anchor")
+    matches = meta.get("expected_caption_matches_per_anchor")
     if matches:
         print(
             f"expected images matching a (partial) caption per batch of {REPORT_BATCH}: "
@@ -128,10 +130,8 @@ def _run_info(args: argparse.Namespace) -> int:
     meta = _meta(synth.SynthPaths.under(args.dir).meta)
     config = meta["config"]
     print(f"{args.dir}: {meta['format']}, {meta['n_train']} train + {meta['n_test']} test items")
-    k = config.get("objects", 1)
-    kind = f"scenes of {k} objects" if k > 1 else "tuples"
     print(
-        f"  {meta['n_tuples']} {kind}, seed {config['seed']}, "
+        f"  {meta['n_tuples']} {_unit(config.get('objects', 1))}, seed {config['seed']}, "
         f"{config['image_size']}x{config['image_size']} px"
     )
     for batch, fn in sorted(
@@ -143,6 +143,11 @@ def _run_info(args: argparse.Namespace) -> int:
     ):
         print(f"  expected images matching a caption at batch {batch}: {fn:.2f}")
     return 0
+
+
+def _unit(objects: int) -> str:
+    """What `n_tuples` counts: attribute tuples, or scenes when images hold several objects."""
+    return f"scenes of {objects} objects" if objects > 1 else "tuples"
 
 
 def _meta(path: Path) -> dict[str, Any]:
