@@ -67,6 +67,10 @@ GUIDE = {"estimator": "guide", "margin_mode": "absolute", "margin": 0.0}
 # The same rule with each (caption, image) pair decided once, against the caption's positive.
 GUIDE_TEXT = GUIDE | {"guide_anchor": "text"}
 MARGIN = {"estimator": "margin", "margin_mode": "relative", "margin": 0.05}
+# `cluster`: 64 k-means cells, and each caption also reaches the cells of the images of its 5
+# nearest captions (partial captions match images in several cells). 5 was read off a
+# labelled sweep of this data (docs/benchmarks.md, eleventh session): the one tuned value.
+CLUSTER_TEXT_NEIGHBOURS = 5
 
 
 @dataclass(frozen=True)
@@ -215,16 +219,18 @@ def mine_target(work: Path, setting: str, data: Path, base: Path, filters: set[s
     for flt in sorted(filters):
         d = work / "mined" / setting / flt
         out[flt] = d
+        mcfg = MineConfig(clusters=64, cluster_text_neighbours=CLUSTER_TEXT_NEIGHBOURS)
+        fcfg = LossConfig(**(GUIDE if flt == "guide" else {"estimator": flt}))
         if (d / "mine.json").is_file():
-            continue
+            done = json.loads((d / "mine.json").read_text())
+            if {k: done.get(k) for k in ("mine", "filter_config")} == config_summary(mcfg, fcfg):
+                continue  # mined with these options already (a changed option mines again)
         if text is None:
             # The guide is the starting (base) model, as model.guide = "start" in training.
             text, image = embed_with_checkpoint(base, records, progress=False)
             table = build_item_table(
                 records, guide=(torch.from_numpy(image), torch.from_numpy(text))
             )
-        mcfg = MineConfig(clusters=64)
-        fcfg = LossConfig(**(GUIDE if flt == "guide" else {"estimator": flt}))
         mined, _ = mine(text, image, table, mcfg, fcfg, work / "mined" / "index", False)
         write_mined(d, records, mined, config_summary(mcfg, fcfg))
         s = mined.stats
@@ -345,6 +351,7 @@ def fn_detection(
     t, i = torch.from_numpy(text), torch.from_numpy(image)
     mined = read_mined(mined_dir, records)
     table = build_item_table(records, image_keys=True, cluster_ids=mined.cluster_ids, guide=(i, t))
+    table = table.replace(caption_cells=mined.caption_cells)
     scale = loaded.model.logit_scale.exp()
     samplers = {
         "random": RandomBatches(len(records), BATCH, 0),
@@ -405,6 +412,7 @@ def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> d
     table = table.replace(
         guide_image_features=guide, guide_text_features=guide,
         cluster_ids=torch.arange(STEP_BATCH)[:, None] % 16,
+        caption_cells=torch.arange(STEP_BATCH * (1 + CLUSTER_TEXT_NEIGHBOURS)).view(STEP_BATCH, -1) % 16,
     )  # fmt: skip
     side = table.batch(torch.arange(STEP_BATCH), step=0)
     losses: dict[str, Any] = {"ClipLoss (open_clip)": open_clip.ClipLoss()}

@@ -120,3 +120,29 @@ def test_default_plan_is_the_issues_two_settings() -> None:
     multi, runs = bt.SETTINGS["multi-object"]
     assert multi.objects == 2 and multi.partial_captions > 0
     assert [s.name for s in runs() if s.baseline] == ["random"]
+
+
+def test_mining_is_cached_until_its_options_change(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The mined files of an earlier invocation are reused only when they were mined with
+    the options the benchmark asks for now (a changed option re-mines)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train as bt
+
+    from clipserve.training.data import synth
+
+    monkeypatch.setattr(bt, "MODEL", "clipserve-micro")
+    monkeypatch.setattr(bt, "BATCH", 16)
+    monkeypatch.setattr(bt, "BASE_DATA", bt._scaled(bt.BASE_DATA, 0.02))
+    base, _ = bt.base_model(tmp_path, steps=1)
+    cfg = synth.SynthConfig(n=80, seed=3, n_tuples=20, holdout=0.2, partial_captions=0.5)
+    data = synth.generate(cfg, tmp_path / "target", progress=False, workers=1).paths
+    mined = bt.mine_target(tmp_path, "high-fn", data.train, base, {"none"})["none"]
+    first = (mined / "mine.json").stat().st_mtime_ns
+    cells = json.loads((mined / "clusters.json").read_text())["caption_cells"]
+    assert len(cells[0]) == 1 + bt.CLUSTER_TEXT_NEIGHBOURS
+    bt.mine_target(tmp_path, "high-fn", data.train, base, {"none"})
+    assert (mined / "mine.json").stat().st_mtime_ns == first  # same options: reused
+    monkeypatch.setattr(bt, "CLUSTER_TEXT_NEIGHBOURS", 2)
+    bt.mine_target(tmp_path, "high-fn", data.train, base, {"none"})
+    assert json.loads((mined / "mine.json").read_text())["mine"]["cluster_text_neighbours"] == 2
+    assert len(json.loads((mined / "clusters.json").read_text())["caption_cells"][0]) == 3

@@ -101,6 +101,24 @@ def test_cluster_shared_nearest_centres() -> None:
     assert i2t[0, 1] == 0.5 and i2t[0, 2] == 0 and i2t[2, 2] == 1
 
 
+def test_cluster_caption_cells_reach_the_cells_of_neighbouring_captions() -> None:
+    # Images 0..3 lie in cells 4, 4, 7, 9. Caption 0's cells are its own image's (4) and,
+    # through its nearest caption, 9; caption 2 has only its own (7); captions 1 and 3 also 7.
+    ids = torch.tensor([4, 4, 7, 9])
+    cells = torch.tensor([[4, 9], [4, 7], [7, 7], [9, 7]])
+    i2t, t2i = est("cluster", torch.zeros(4, 4), LossBatch(cluster_ids=ids, caption_cells=cells))
+    # t2i[c, i]: image i's cell is one of caption c's cells.
+    assert t2i.tolist() == [[1, 1, 0, 1], [1, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    # i2t[i, c] reads the same (caption, image) pairs from the image's side.
+    assert torch.equal(i2t, t2i.T)
+    # One column per item: cells of a single entry are exactly the shared-centre rule.
+    plain, _ = est("cluster", torch.zeros(4, 4), LossBatch(cluster_ids=ids))
+    same, _ = est(
+        "cluster", torch.zeros(4, 4), LossBatch(cluster_ids=ids, caption_cells=ids[:, None])
+    )
+    assert torch.equal(plain, same)
+
+
 def test_em_soft_estep_and_seeded_flips() -> None:
     cos = torch.tensor([[0.9, 0.1, 0.2], [0.0, 0.8, 0.7], [0.3, 0.3, 0.6]])
     i2t, t2i = est("em", cos, em_flip_prob=0.0)

@@ -15,7 +15,7 @@ from clipserve.training.data.manifest import read_manifest
 from clipserve.training.losses import LossConfig
 from clipserve.training.mining.kmeans import kmeans, nearest_centres
 from clipserve.training.mining.mine import MineConfig, mine, read_mined, write_mined
-from clipserve.training.mining.neighbours import nearest_neighbours
+from clipserve.training.mining.neighbours import caption_neighbours, nearest_neighbours
 from clipserve.training.mining.plan import hard_batch_groups, rank_window, select_negatives
 from clipserve.training.sampling.batches import HardBatches, MinedNegativeBatches, RandomBatches
 from clipserve.training.sampling.side_inputs import ItemTable
@@ -190,6 +190,49 @@ def test_mined_files_round_trip_and_are_deterministic(embeddings, tmp_path: Path
         read_mined(tmp_path / "a", records[:-1])
 
 
+def test_caption_neighbours_are_exact_and_exclude_the_caption() -> None:
+    text, _, _ = _embeddings_small()
+    got = caption_neighbours(text, 5, block=7)  # blocks that do not divide N
+    sims = text @ text.T
+    for a in range(len(text)):
+        order = [int(i) for i in np.argsort(-sims[a], kind="stable") if i != a][:5]
+        assert got[a].tolist() == order
+    with pytest.raises(ValueError, match="caption neighbours"):
+        caption_neighbours(text, len(text))
+
+
+def _embeddings_small() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    image = _unit(rng.standard_normal((23, 8)))
+    return _unit(image + 0.3 * rng.standard_normal((23, 8))), image, np.arange(23) % 4
+
+
+def test_caption_cells_widen_the_cluster_filter(embeddings, tmp_path: Path) -> None:
+    text, image, labels = embeddings
+    flt = LossConfig(estimator="cluster")
+    plain_cfg = MineConfig(clusters=6, group_size=5)
+    wide_cfg = MineConfig(clusters=6, group_size=5, cluster_text_neighbours=4)
+    plain, _ = mine(text, image, _table(labels), plain_cfg, flt, tmp_path / "i", False)
+    wide, table = mine(text, image, _table(labels), wide_cfg, flt, tmp_path / "i", False)
+    assert plain.caption_cells is None
+    cells = table.caption_cells
+    assert cells is not None and cells.shape == (60, 5)
+    own = wide.cluster_ids[:, 0]
+    nb = caption_neighbours(text, 4)
+    assert torch.equal(cells[:, 0], own)
+    assert torch.equal(cells[:, 1:], own[torch.from_numpy(nb)])
+    # A caption suspects every image of its own cell and more: the filter only grows.
+    for a in range(60):
+        assert set(plain.filtered[a].tolist()) <= set(wide.filtered[a].tolist())
+    assert sum(map(len, wide.filtered)) > sum(map(len, plain.filtered))
+    # The cells travel through clusters.json.
+    records = [type("R", (), {"id": f"item{i}"})() for i in range(60)]
+    write_mined(tmp_path / "m", records, wide, {})
+    assert torch.equal(read_mined(tmp_path / "m", records).caption_cells, cells)
+    with pytest.raises(ValueError, match="cluster_text_neighbours needs clusters > 0"):
+        MineConfig(cluster_text_neighbours=3)
+
+
 # ---------------------------------------------------------------------------- end to end
 
 
@@ -225,7 +268,7 @@ def test_clipserve_mine_cli(tiny_data, micro_checkpoint: Path, tmp_path: Path, c
     out = tmp_path / "mined"
     argv = ["mine", "--data", str(tiny_data.train), "--checkpoint", str(micro_checkpoint)]
     argv += ["--out", str(out), "--filter", "oracle", "--clusters", "4", "--quiet"]
-    assert cli(argv) == 0
+    assert cli([*argv, "--cluster-text-neighbours", "2"]) == 0
     text = capsys.readouterr().out
     assert "mined 128 items" in text and "queries/s" in text and "F1 1.000" in text
     summary = json.loads((out / "mine.json").read_text())
@@ -233,9 +276,18 @@ def test_clipserve_mine_cli(tiny_data, micro_checkpoint: Path, tmp_path: Path, c
     rows = [json.loads(x) for x in (out / "negatives.jsonl").read_text().splitlines()]
     assert len(rows) == 128 and all(len(r["negatives"]) == 3 for r in rows)
     assert all(r["id"] not in r["negatives"] for r in rows)
+    assert np.array(json.loads((out / "clusters.json").read_text())["caption_cells"]).shape == (
+        128,
+        3,
+    )
+    # Rerun without the option: the cells go with it.
+    assert cli(argv) == 0
+    assert "caption_cells" not in json.loads((out / "clusters.json").read_text())
     # Errors are sentences with exit code 2.
     assert cli([*argv[:5], "--out", str(tmp_path / "x"), "--filter", "guide"]) == 2
     assert "--guide-checkpoint" in capsys.readouterr().err
+    assert cli([*argv[:5], "--out", str(tmp_path / "y"), "--cluster-text-neighbours", "2"]) == 2
+    assert "cluster_text_neighbours needs clusters > 0" in capsys.readouterr().err
     assert cli(["mine", "--data", "missing.jsonl", "--checkpoint", "x.pt", "--out", "o"]) == 2
 
 
@@ -306,7 +358,7 @@ def test_remining_every_epoch_writes_one_mining_per_epoch(
         "optim": {"lr": 1e-3, "max_steps": 5},  # 4 steps an epoch: epochs 0 and 1
         "loss": {"estimator": "cluster"},
         "sampling": {"mode": "hard_batches", "remine_every_epochs": 1, "clusters": 4,
-                     "group_size": 8},
+                     "group_size": 8, "cluster_text_neighbours": 3},
         "run": {"output_dir": str(tmp_path / "r"), "device": "cpu", "progress": False,
                 "threads": 1},
     }  # fmt: skip
@@ -318,6 +370,9 @@ def test_remining_every_epoch_writes_one_mining_per_epoch(
         for m in mined
     ]
     assert plans[0] != plans[1]  # the weights changed, so did the neighbourhoods
+    for m in mined:  # each mining gave the captions their cells (1 own + 3 neighbours')
+        cells = json.loads((tmp_path / "r" / "mined" / m / "clusters.json").read_text())
+        assert np.array(cells["caption_cells"]).shape == (128, 4)
 
 
 def test_guide_start_is_a_frozen_copy_of_the_starting_weights(

@@ -147,13 +147,16 @@ class SamplingConfig:
     # In-training mining (what `clipserve mine` takes as options): negatives from neighbour
     # ranks [rank_start, rank_start + rank_window), `negatives` kept per anchor after the
     # offline `filter` (thresholds: loss.margin, loss.margin_mode, loss.fn_threshold,
-    # loss.hash_max_distance); hard-batch groups of group_size; k-means `clusters`.
+    # loss.hash_max_distance); hard-batch groups of group_size; k-means `clusters`;
+    # cluster_text_neighbours M > 0: the `cluster` estimator also flags an image whose cell
+    # holds the image of one of the caption's M nearest captions (see MineConfig).
     rank_start: int = 3
     rank_window: int = 30
     negatives: int = 3
     group_size: int = 16
     clusters: int = 0
     cluster_top: int = 1
+    cluster_text_neighbours: int = 0
     filter: str = "none"
 
     def __post_init__(self) -> None:

@@ -478,7 +478,8 @@ config sections (every key can be overridden as section.key=value):
               positive; hardness = none | hn-nce | hcl; margin, margin_mode, fn_threshold;
               guide_anchor = row | text (guide: per direction, or each pair once by caption)
   [sampling]  mode = random | hard_batches | mined_negatives; mined (a `clipserve mine`
-              output; unset = mine with the starting weights); remine_every_epochs
+              output; unset = mine with the starting weights); remine_every_epochs;
+              clusters, cluster_text_neighbours (for estimator = cluster)
   [run]       output_dir, seed, device, precision, threads, eval_every, save_every_steps
 
 which to pick (docs/results/fn_benchmark.md has the numbers):

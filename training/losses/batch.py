@@ -35,6 +35,9 @@ class LossBatch:
       `duplicate` (duplicates: Hamming distance <= loss.hash_max_distance).
     - ``cluster_ids``: (B,) or (B, K) int64 ids of each item's nearest k-means centre(s) over
       the mined index (MLCD-style). Read by `cluster`.
+    - ``caption_cells``: (B, 1 + M) int64, the cell of each item's own image, then the cells
+      of the images paired with its caption's M nearest captions. Read by `cluster` when set
+      (an image in one of a caption's cells is a suspected match of that caption).
     """
 
     step: int | None = None
@@ -46,6 +49,7 @@ class LossBatch:
     caption_keys: torch.Tensor | None = None
     image_keys: torch.Tensor | None = None
     cluster_ids: torch.Tensor | None = None
+    caption_cells: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensor fields that are set, by name."""

@@ -4,7 +4,8 @@
                    [--rank-start 3] [--rank-window 30] [--negatives 3] [--group-size 16]
                    [--filter none|margin|guide|duplicate|cluster|oracle] [--margin M]
                    [--margin-mode absolute|relative] [--guide-checkpoint PT | --guide-bundle DIR]
-                   [--clusters C] [--cluster-top 1] [--seed 0] [--quiet]
+                   [--clusters C] [--cluster-top 1] [--cluster-text-neighbours M]
+                   [--seed 0] [--quiet]
 
 Argument errors exit 2 through argparse; a bad manifest, model or option raises ValueError,
 which the `clipserve` dispatcher reports as ``clipserve mine: error: ...`` (exit 2).
@@ -27,7 +28,8 @@ what it writes (OUT):
   negatives.jsonl   per anchor: its mined negatives (ids), their ranks and scores, and the
                     candidates the filter removed as suspected false negatives
   batch_plan.json   neighbourhood groups for hard batches (every item exactly once)
-  clusters.json     k-means centres and each item's nearest centres (with --clusters)
+  clusters.json     k-means centres and each item's nearest centres (with --clusters), and
+                    each caption's cells (with --cluster-text-neighbours)
   mine.json         settings, corpus size, throughput and, when the manifest has labels,
                     the filter's false-negative precision / recall / F1
   index/            the embedded Qdrant index the neighbours came from (scratch)
@@ -73,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="k-means centres for the cluster filter/estimator; 0 = none (default %(default)s)")  # fmt: skip
     g.add_argument("--cluster-top", type=int, default=d.cluster_top,
                    help="nearest centres recorded per item (default %(default)s)")  # fmt: skip
+    g.add_argument("--cluster-text-neighbours", type=int, default=d.cluster_text_neighbours, metavar="M",
+                   help="cluster: a caption also suspects images in the cells of the images of "
+                   "its M nearest captions, which reach captions that name only some "
+                   "attributes; 0 = its own image's cell only (default %(default)s)")  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="grouping/k-means seed (default %(default)s)")  # fmt: skip
     f = p.add_argument_group("false-negative filter (the loss's estimators, offline)")
     f.add_argument("--filter", choices=OFFLINE_ESTIMATORS, default="none",
@@ -106,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         group_size=args.group_size,
         clusters=args.clusters,
         cluster_top=args.cluster_top,
+        cluster_text_neighbours=args.cluster_text_neighbours,
         seed=args.seed,
     )
     filter_cfg = LossConfig(

@@ -7,7 +7,8 @@ the on-disk contract (``DIR`` = the ``--out`` of ``clipserve mine``)::
     DIR/negatives.jsonl   one line per anchor: {"id", "negatives": [ids], "ranks": [int],
                           "scores": [cosine], "filtered": [ids removed as suspected FN]}
     DIR/batch_plan.json   {"format", "group_size", "n_items", "groups": [[ids], ...]}
-    DIR/clusters.json     {"format", "top", "ids": [ids], "assign": [[centre ids]], "centres"}
+    DIR/clusters.json     {"format", "top", "ids": [ids], "assign": [[centre ids]], "centres",
+                          "caption_cells": [[cell ids]] (with cluster_text_neighbours > 0)}
                           (when clusters > 0)
     DIR/mine.json         the mining config, corpus size, timings and throughput, and, when
                           the manifest has labels, the filter's FN precision/recall/F1
@@ -34,7 +35,7 @@ from clipserve.training.mining.filters import (
     true_false_negatives,
 )
 from clipserve.training.mining.kmeans import kmeans, nearest_centres
-from clipserve.training.mining.neighbours import nearest_neighbours
+from clipserve.training.mining.neighbours import caption_neighbours, nearest_neighbours
 from clipserve.training.mining.options import MineConfig
 from clipserve.training.mining.plan import (
     hard_batch_groups,
@@ -55,6 +56,7 @@ class Mined:
     groups: list[list[int]]  # hard-batch neighbourhoods, every row exactly once
     cluster_ids: torch.Tensor | None = None  # (N, cluster_top) int64
     centres: np.ndarray | None = None  # [clusters, D]
+    caption_cells: torch.Tensor | None = None  # (N, 1 + cluster_text_neighbours) int64
     # Details kept for negatives.jsonl and the report (None when read back from files).
     ranks: list[np.ndarray] | None = None
     scores: list[np.ndarray] | None = None
@@ -100,7 +102,10 @@ def mine(
     if cfg.clusters:
         centres = kmeans(image, min(cfg.clusters, len(image)), seed=cfg.seed)
         ids = nearest_centres(image, centres, min(cfg.cluster_top, len(centres)))
-        table = table.replace(cluster_ids=torch.from_numpy(ids))
+        table = table.replace(cluster_ids=torch.from_numpy(ids), caption_cells=None)
+        if cfg.cluster_text_neighbours:
+            cells = caption_cells(text, ids, cfg.cluster_text_neighbours)
+            table = table.replace(caption_cells=torch.from_numpy(cells))
     elif filter_cfg.estimator == "cluster" and table.cluster_ids is None:
         raise ValueError("the cluster filter needs k-means centres: set clusters > 0")
     cands = rank_window(neigh.index, cfg.rank_start, cfg.rank_window)
@@ -115,6 +120,7 @@ def mine(
         groups=hard_batch_groups(neigh.index, cfg.group_size, cfg.seed),
         cluster_ids=table.cluster_ids,
         centres=centres,
+        caption_cells=table.caption_cells,
         ranks=[p + cfg.rank_start for p in picks],
         scores=[neigh.score[a, p + cfg.rank_start] for a, p in zip(rows, picks, strict=True)],
         filtered=[cands[a][suspected[a]] for a in rows],
@@ -132,6 +138,22 @@ def mine(
         **_fn_quality(suspected, truth),
     }
     return mined, table
+
+
+def caption_cells(text: np.ndarray, cluster_ids: np.ndarray, m: int) -> np.ndarray:
+    """[N, 1 + M] int64: the nearest cell of each item's own image, then those of the images
+    of its caption's M nearest captions (M = m, at most N - 1; mining's
+    cluster_text_neighbours). cluster_ids [N, top]: the items' nearest centres.
+
+    What the `cluster` estimator reads: captions that read alike describe the images they are
+    paired with, so an image in one of these cells is a suspected match of the caption (the
+    FFF / MLCD idea through the training pairs themselves). It widens `cluster` to captions
+    that name only some attributes, whose matches lie in several cells."""
+    own = np.asarray(cluster_ids, dtype=np.int64)[:, 0]
+    m = min(m, len(own) - 1)
+    if m < 1:
+        return own[:, None].copy()
+    return np.concatenate([own[:, None], own[caption_neighbours(text, m)]], axis=1)
 
 
 # ---------------------------------------------------------------------------- files
@@ -183,6 +205,8 @@ def write_mined(
             "assign": mined.cluster_ids.tolist(),
             "centres": np.round(mined.centres, 6).tolist(),
         }
+        if mined.caption_cells is not None:
+            clusters["caption_cells"] = mined.caption_cells.tolist()
         _write(out / "clusters.json", json.dumps(clusters) + "\n")
     elif (out / "clusters.json").exists():
         (out / "clusters.json").unlink()  # stale centres from an earlier run
@@ -219,15 +243,21 @@ def read_mined(mined_dir: str | os.PathLike[str], records: Sequence[Record]) -> 
     if plan.get("format") != PLAN_FORMAT:
         raise ValueError(f"{root}/batch_plan.json is not a {PLAN_FORMAT} file")
     groups = [rows_of(g, "batch_plan.json") for g in plan["groups"]]
-    cluster_ids = centres = None
+    cluster_ids = centres = cells = None
     if (root / "clusters.json").is_file():
         cl = json.loads((root / "clusters.json").read_text(encoding="utf-8"))
+        at = rows_of(cl["ids"], "clusters.json")
         assign = np.zeros((len(records), int(cl["top"])), dtype=np.int64)
-        assign[rows_of(cl["ids"], "clusters.json")] = np.array(cl["assign"], dtype=np.int64)
+        assign[at] = np.array(cl["assign"], dtype=np.int64)
         cluster_ids = torch.from_numpy(assign)
         centres = np.array(cl["centres"], dtype=np.float32)
+        if "caption_cells" in cl:
+            got = np.array(cl["caption_cells"], dtype=np.int64)
+            filled = np.zeros((len(records), got.shape[1]), dtype=np.int64)
+            filled[at] = got
+            cells = torch.from_numpy(filled)
     stats = json.loads((root / "mine.json").read_text(encoding="utf-8"))
-    return Mined(negatives, groups, cluster_ids, centres, stats=stats)
+    return Mined(negatives, groups, cluster_ids, centres, cells, stats=stats)
 
 
 def config_summary(cfg: MineConfig, filter_cfg: LossConfig) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Images go into an `EdgeIndex` collection (point id = the item's row as a UUID, p
 ``{"row": i}``); each caption queries it. The neighbours of item a are the images closest to
 a's caption, best first, with a's own image removed: text->image is the direction retrieval
 serves and the one B3 / FlagEmbedding mine from.
+
+`caption_neighbours` is the text->text search the `cluster` estimator's caption cells need
+(exact, in blocks, without the index: it runs once per mining on features already in memory).
 """
 
 from __future__ import annotations
@@ -82,3 +85,19 @@ def nearest_neighbours(
                 out_score[a, : len(rows)] = [s for _, s in rows]
     positive = np.einsum("nd,nd->n", text, image).astype(np.float32)
     return Neighbours(out_idx, out_score, positive, time.perf_counter() - t0)
+
+
+def caption_neighbours(text: np.ndarray, m: int, block: int = 1024) -> np.ndarray:
+    """[N, m] int64: the rows of the m captions nearest to each caption (cosine, exact, best
+    first, itself excluded; ties by row). text [N, D] is L2-normalised; m must be in [1, N)."""
+    n = len(text)
+    if not 1 <= m < n:
+        raise ValueError(f"caption neighbours must be in [1, {n - 1}] for {n} captions, got {m}")
+    x = np.asarray(text, dtype=np.float32)
+    out = np.empty((n, m), dtype=np.int64)
+    for s in range(0, n, block):
+        sims = x[s : s + block] @ x.T  # [b, N]
+        rows = np.arange(s, min(s + block, n))
+        sims[rows - s, rows] = -np.inf
+        out[rows] = np.argsort(-sims, axis=1, kind="stable")[:, :m]
+    return out

@@ -7,14 +7,22 @@ from dataclasses import dataclass
 from typing import Any
 
 # The options `MineConfig` and the `[sampling]` section share, by name.
-MINE_OPTIONS = ("rank_start", "rank_window", "negatives", "group_size", "clusters", "cluster_top")
+MINE_OPTIONS = (
+    "rank_start",
+    "rank_window",
+    "negatives",
+    "group_size",
+    "clusters",
+    "cluster_top",
+    "cluster_text_neighbours",
+)
 
 
 def check_mine_options(options: Any, prefix: str = "") -> None:
     """ValueError with a sentence naming the option (as `prefix` + name) that is out of range;
     `options` is anything with the `MINE_OPTIONS` attributes (either config)."""
     values = {name: getattr(options, name) for name in MINE_OPTIONS}
-    for name in ("rank_start", "clusters"):
+    for name in ("rank_start", "clusters", "cluster_text_neighbours"):
         if values[name] < 0:
             raise ValueError(f"{prefix}{name} must be 0 or more, got {values[name]}.")
     for name in ("rank_window", "negatives", "group_size", "cluster_top"):
@@ -30,6 +38,11 @@ def check_mine_options(options: Any, prefix: str = "") -> None:
         raise ValueError(
             f"{prefix}cluster_top ({cluster_top}) exceeds {prefix}clusters ({clusters})."
         )
+    if values["cluster_text_neighbours"] and not clusters and not getattr(options, "mined", None):
+        raise ValueError(
+            f"{prefix}cluster_text_neighbours needs {prefix}clusters > 0 (the k-means cells "
+            "the neighbours' images fall in)."
+        )
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,8 @@ class MineConfig:
     rank_start / rank_window: negatives come from neighbour ranks [p, p + m) (0 = nearest).
     negatives: kept per anchor after filtering. group_size: items per hard-batch
     neighbourhood. clusters: k-means centres (0 = none); cluster_top: centre ids per item.
+    cluster_text_neighbours: M > 0 gives each caption the cells of the images of its M
+    nearest captions too (`caption_cells`, read by the `cluster` estimator); 0 = its own only.
     """
 
     rank_start: int = 3
@@ -47,6 +62,7 @@ class MineConfig:
     group_size: int = 16
     clusters: int = 0
     cluster_top: int = 1
+    cluster_text_neighbours: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 The loss's estimators read things besides the features (`clipserve.training.losses.LossBatch`):
 ground truth (labels or attribute tags, for `oracle` and the FN diagnostics), caption and
-image-hash keys (`duplicate`), k-means cluster ids (`cluster`), a frozen guide model's
+image-hash keys (`duplicate`), k-means cluster ids and caption cells (`cluster`), a frozen guide model's
 features (`guide`) and the optimizer step (`em`). They are properties of items, so they are
 computed once for the data set (`ItemTable`, row i = record i) and sliced per batch.
 """
@@ -44,6 +44,7 @@ class ItemTable:
     caption_keys: torch.Tensor | None = None  # (N,) int64
     image_keys: torch.Tensor | None = None  # (N,) int64 dHash
     cluster_ids: torch.Tensor | None = None  # (N,) or (N, K) int64
+    caption_cells: torch.Tensor | None = None  # (N, 1 + M) int64, see mining.mine.caption_cells
     guide_image_features: torch.Tensor | None = None  # (N, D) float
     guide_text_features: torch.Tensor | None = None  # (N, D) float
 

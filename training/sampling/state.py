@@ -120,7 +120,9 @@ class TrainSampling:
     def _use(self, mined: Mined, epoch: int) -> None:
         self.mined, self.mined_epoch = mined, epoch
         if mined.cluster_ids is not None:
-            self.table = self.table.replace(cluster_ids=mined.cluster_ids)
+            self.table = self.table.replace(
+                cluster_ids=mined.cluster_ids, caption_cells=mined.caption_cells
+            )
         mode, b, seed = self.cfg.sampling.mode, self.cfg.data.batch_size, self.cfg.run.seed
         if mode == "hard_batches":
             self.sampler = HardBatches(mined.groups, b, seed)
