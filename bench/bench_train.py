@@ -158,6 +158,9 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = ("high-fn", "low-fn")
 BASE_DATA = synth.SynthConfig(n=5000, seed=11, n_tuples=None, holdout=0.1)
+# --base-captions coarse: the base learns the coarse attributes only, so that the fine ones
+# (size, position) are what the fine-tuning has left to learn whatever the base's seed.
+BASE_COARSE = ("colour", "shape")
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -191,10 +194,14 @@ def _config(
     return config_from_dict(raw, source="bench")
 
 
-def base_model(work: Path, steps: int, seed: int = 0) -> tuple[Path, bool]:
+def base_model(work: Path, steps: int, seed: int = 0, captions: str = "full") -> tuple[Path, bool]:
     """The base's checkpoint, and whether an earlier invocation had trained it. `seed` is
-    the base run's own (initialisation and batch order; the data stay the same)."""
-    paths = synth.generate(BASE_DATA, work / "data" / "base", progress=False, reuse=True).paths
+    the base run's own (initialisation and batch order; the data stay the same). `captions`
+    "coarse": the base's captions name only BASE_COARSE (same images and tuples)."""
+    data = BASE_DATA
+    if captions == "coarse":
+        data = replace(BASE_DATA, caption_attributes=BASE_COARSE)
+    paths = synth.generate(data, work / "data" / "base", progress=False, reuse=True).paths
     cfg = _config(
         paths.train, paths.test, work / "base", steps=steps, lr=2e-3, warmup=40, seed=seed,
         progress=True,
@@ -598,6 +605,7 @@ def run_workers(
     common = [
         "--work", str(work), "--seeds", str(args.seeds), "--steps", str(args.steps),
         "--base-steps", str(args.base_steps), "--base-seed", str(args.base_seed),
+        "--base-captions", args.base_captions,
         "--settings", *args.settings,
         "--model", args.model, "--batch", str(args.batch), "--data-scale", str(args.data_scale),
         "--step-reps", "0", "--detect-batches", "0", "--threads", "1", "--workers", "1",
@@ -669,6 +677,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base-seed", type=int, default=0,
                    help="the base run's seed: where a from-scratch base lands decides how much "
                    "is left to learn (use its own --work per base)")  # fmt: skip
+    p.add_argument("--base-captions", choices=("full", "coarse"), default="full",
+                   help="coarse: the base's captions name only colour and shape, so size and "
+                   "position are left to the fine-tuning (use its own --work)")  # fmt: skip
     p.add_argument("--step-reps", type=int, default=10, help="step-time repetitions per loss")
     p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS))
     p.add_argument("--only", nargs="*", help="only these config names")
@@ -720,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python bench/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, {os.cpu_count()} CPUs, no "
         f"GPU, Python {platform.python_version()}; model {MODEL}, batch {BATCH}."
     )
-    base, base_cached = base_model(work, args.base_steps, args.base_seed)
+    base, base_cached = base_model(work, args.base_steps, args.base_seed, args.base_captions)
     # Finished runs are journalled in the work directory (resume from there), never read
     # back from OUT: a fresh clone's committed docs/results must not count as done.
     journal = out if args.worker else work / "results"

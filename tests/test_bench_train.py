@@ -20,7 +20,8 @@ def _bench(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         "--out", str(tmp_path / "out"), "--model", "clipserve-micro", "--batch", "16",
         "--data-scale", "0.05", "--base-steps", "3", "--steps", "2", "--seeds", "2",
         "--settings", "high-fn", "--only", *CONFIGS, "--workers", "2", "--step-reps", "0",
-        "--detect-batches", "0", "--base-seed", "1",  # the workers must get it too
+        "--detect-batches", "0", "--base-seed", "1",  # the workers must get these too
+        "--base-captions", "coarse",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -68,6 +69,8 @@ def test_workers_run_each_run_once_and_resume(tmp_path: Path) -> None:
     assert _keys(journal) == _keys(results)
     assert not (journal.parent / "shards").exists()
     assert (tmp_path / "out" / "fn_benchmark.md").is_file()
+    base_data = json.loads((tmp_path / "work" / "data" / "base" / "synth.json").read_text())
+    assert base_data["config"]["caption_attributes"] == ["shape", "colour"]
 
     # Nothing left: a second start trains nothing, and its report says whose runs it shows.
     assert "worker processes" not in _bench(tmp_path).stdout

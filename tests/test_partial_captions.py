@@ -115,3 +115,35 @@ def test_known_keys_do_not_warn(tmp_path: Path, recwarn: pytest.WarningsRecorder
     path.write_text(json.dumps(row) + "\n")
     assert read_manifest(path)[0].caption_labels == "a"
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_coarse_captions_name_exactly_the_chosen_attributes(tmp_path: Path) -> None:
+    coarse = synth.SynthConfig(n=80, seed=1, n_tuples=20, caption_attributes=("colour", "shape"))
+    assert coarse.caption_attributes == ("shape", "colour")  # in ATTRIBUTES order
+    synth.generate(coarse, tmp_path / "c", progress=False, workers=1)
+    full = synth.SynthConfig(n=80, seed=1, n_tuples=20)
+    synth.generate(full, tmp_path / "f", progress=False, workers=1)
+    rows, plain = _read(tmp_path / "c" / "train.jsonl"), _read(tmp_path / "f" / "train.jsonl")
+    for row, other in zip(rows, plain, strict=True):
+        a = row["attributes"]
+        assert row["caption_labels"] == f"colour={a['colour']}|shape={a['shape']}"
+        assert a["colour"] in row["caption"] and a["shape"] in row["caption"]
+        assert (
+            a["size"] not in row["caption"]
+            and " ".join(a["position"].split("-")) not in row["caption"]
+        )
+        # Same images, tuples and split: only the captions differ.
+        drop = ("caption", "caption_labels")
+        assert {k: v for k, v in row.items() if k not in drop} == {
+            k: v for k, v in other.items() if k not in drop
+        }
+    meta = json.loads((tmp_path / "c" / "synth.json").read_text())
+    assert meta["config"]["caption_attributes"] == ["shape", "colour"]
+    assert synth.find_existing(coarse, tmp_path / "c") is not None  # reusable as written
+    for bad, match in (
+        ({"caption_attributes": ("colour", "hue")}, "distinct names"),
+        ({"caption_attributes": tuple(synth.ATTRIBUTES)}, "fewer than all"),
+        ({"caption_attributes": ("colour",), "partial_captions": 0.5}, "does not combine"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            synth.SynthConfig(n=80, n_tuples=20, **bad)

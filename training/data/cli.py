@@ -1,8 +1,8 @@
 """`clipserve data`: make or inspect data sets.
 
     clipserve data synth --out DIR [--n N] [--seed S] [--tuples T] [--image-size 64]
-                         [--holdout 0.1] [--partial-captions F] [--objects K] [--workers W]
-                         [--force] [--quiet]
+                         [--holdout 0.1] [--partial-captions F] [--objects K]
+                         [--caption-attributes colour,shape] [--workers W] [--force] [--quiet]
     clipserve data info DIR
 
 Argument errors exit 2 through argparse; semantic errors raise ValueError, which the
@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         "describes is in it",
     )
     p.add_argument(
+        "--caption-attributes",
+        default="",
+        metavar="A,B",
+        help="every caption names exactly these attributes (comma-separated, from "
+        f"{', '.join(synth.ATTRIBUTES)}; fewer than all): coarse captions, e.g. for a base "
+        "model that should learn colour and shape only (default: all)",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="render processes (default: one per CPU, max 4)"
     )
     p.add_argument("--force", action="store_true", help="regenerate even if --out is up to date")
@@ -96,6 +104,9 @@ def _run_synth(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         partial_captions=args.partial_captions,
         objects=args.objects,
+        caption_attributes=tuple(
+            a.strip() for a in args.caption_attributes.split(",") if a.strip()
+        ),
     )
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")

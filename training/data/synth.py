@@ -132,6 +132,10 @@ class SynthConfig:
     it names, so the same subset rule stays exact ("a red circle" does not match a red square
     beside a blue circle). Partial captions mention some of the objects, each with some of
     its attributes; full ones every object with every attribute.
+    caption_attributes: when set (a non-empty proper subset of ATTRIBUTES), every caption
+    names exactly these attributes, e.g. ("colour", "shape"): coarse captions, for a base
+    model that learns those and nothing finer. Rows carry `caption_labels` as above. Not
+    combined with partial_captions or several objects. () = every caption names all.
     """
 
     n: int = 6000
@@ -141,6 +145,7 @@ class SynthConfig:
     holdout: float = 0.1
     partial_captions: float = 0.0
     objects: int = 1
+    caption_attributes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -189,10 +194,33 @@ class SynthConfig:
             raise ValueError(
                 f"partial_captions must be a fraction in [0, 1], got {self.partial_captions!r}"
             )
+        named = tuple(self.caption_attributes)
+        object.__setattr__(self, "caption_attributes", named)  # a list from JSON compares equal
+        if named:
+            unknown = [a for a in named if a not in ATTRIBUTES]
+            if unknown or len(set(named)) != len(named) or len(named) >= len(ATTRIBUTES):
+                raise ValueError(
+                    f"caption_attributes must be distinct names from {', '.join(ATTRIBUTES)}, "
+                    f"fewer than all of them; got {', '.join(named)}"
+                )
+            if self.partial_captions or self.objects > 1:
+                raise ValueError(
+                    "caption_attributes (every caption names the same attributes) does not "
+                    "combine with partial_captions or objects > 1"
+                )
+            object.__setattr__(
+                self, "caption_attributes", tuple(a for a in ATTRIBUTES if a in named)
+            )
 
     @property
     def tuple_count(self) -> int:
         return self.n_tuples or FULL_PRODUCT
+
+    @property
+    def subset_captions(self) -> bool:
+        """Whether some captions name fewer attributes than their image shows (rows then
+        carry `caption_labels` and relevance is the subset rule)."""
+        return bool(self.partial_captions or self.objects > 1 or self.caption_attributes)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -200,6 +228,10 @@ class SynthConfig:
             del out["partial_captions"]
         if self.objects == 1:
             del out["objects"]
+        if self.caption_attributes:
+            out["caption_attributes"] = list(self.caption_attributes)
+        else:
+            del out["caption_attributes"]
         return out
 
 
@@ -376,6 +408,8 @@ def item_rng(seed: int, index: int) -> np.random.Generator:
 
 def named_attributes(config: SynthConfig, index: int) -> tuple[str, ...]:
     """The attributes item `index`'s caption names (all of them unless it drew a partial one)."""
+    if config.caption_attributes:
+        return config.caption_attributes
     names = tuple(ATTRIBUTES)
     if not config.partial_captions:
         return names
@@ -568,13 +602,13 @@ def generate(
             "labels": scene_labels(scene),
             "attributes": dict(scene[0]) if len(scene) == 1 else [dict(o) for o in scene],
         }
-        if config.partial_captions or config.objects > 1:
+        if config.subset_captions:
             record["caption_labels"] = named
         lines[bool(is_test[index])].append(json.dumps(record, sort_keys=True))
     _write_atomic(paths.train, "".join(line + "\n" for line in lines[False]))
     _write_atomic(paths.test, "".join(line + "\n" for line in lines[True]))
     meta = _meta(config, tuples, assignment, is_test)
-    if config.partial_captions or config.objects > 1:
+    if config.subset_captions:
         train_idx = np.flatnonzero(~is_test)
         meta["expected_caption_matches_per_anchor"] = {
             str(b): round(
