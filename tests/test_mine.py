@@ -197,6 +197,11 @@ def test_caption_neighbours_are_exact_and_exclude_the_caption() -> None:
     for a in range(len(text)):
         order = [int(i) for i in np.argsort(-sims[a], kind="stable") if i != a][:5]
         assert got[a].tolist() == order
+    # Repeated captions tie: the tie goes to the lower rows, as a stable sort has it.
+    same = np.repeat(text[:3], 4, axis=0)  # rows 0-3 equal, 4-7 equal, 8-11 equal
+    got = caption_neighbours(same, 5)
+    ref = np.argsort(-(same @ same.T - 3 * np.eye(12)), axis=1, kind="stable")[:, :5]
+    assert got.tolist() == ref.tolist()
     with pytest.raises(ValueError, match="caption neighbours"):
         caption_neighbours(text, len(text))
 

@@ -29,11 +29,23 @@ def test_finetune_configs_load(path: Path) -> None:
         ({"negatives": 5, "rank_window": 3}, "cannot exceed"),
         ({"remine_every_epochs": -1}, "0 or more"),
         ({"filter": "cluster"}, "clusters > 0"),
+        ({"cluster_text_neighbours": 5}, "sampling.clusters > 0"),
+        ({"cluster_text_neighbours": -1}, "0 or more"),
+        # Re-mining computes the cells again, so it needs the centres too.
+        (
+            {"cluster_text_neighbours": 5, "mined": "m", "remine_every_epochs": 1},
+            "sampling.clusters > 0",
+        ),
     ],
 )
 def test_sampling_errors_are_sentences(sampling: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config_from_dict({"data": {"train": "x.jsonl"}, "sampling": sampling})
+
+
+def test_caption_cells_may_come_from_mined_files() -> None:
+    raw = {"data": {"train": "x.jsonl"}, "sampling": {"cluster_text_neighbours": 5, "mined": "m"}}
+    assert config_from_dict(raw).sampling.cluster_text_neighbours == 5
 
 
 def test_guide_start_needs_a_starting_checkpoint() -> None:

@@ -89,15 +89,24 @@ def nearest_neighbours(
 
 def caption_neighbours(text: np.ndarray, m: int, block: int = 1024) -> np.ndarray:
     """[N, m] int64: the rows of the m captions nearest to each caption (cosine, exact, best
-    first, itself excluded; ties by row). text [N, D] is L2-normalised; m must be in [1, N)."""
+    first, itself excluded; equal scores in row order, as a stable sort gives them: templated
+    captions repeat, so ties are common). text [N, D] is L2-normalised; m must be in [1, N).
+
+    `block` rows at a time (4 KiB x N bytes of scores for 1024). A fixed block, not one sized
+    from N: the matmul's shape changes its last bits, and with them near-ties."""
     n = len(text)
     if not 1 <= m < n:
         raise ValueError(f"caption neighbours must be in [1, {n - 1}] for {n} captions, got {m}")
     x = np.asarray(text, dtype=np.float32)
     out = np.empty((n, m), dtype=np.int64)
     for s in range(0, n, block):
-        sims = x[s : s + block] @ x.T  # [b, N]
         rows = np.arange(s, min(s + block, n))
+        sims = x[rows] @ x.T  # [b, N]
         sims[rows - s, rows] = -np.inf
-        out[rows] = np.argsort(-sims, axis=1, kind="stable")[:, :m]
+        # The m-th best score of each row; every candidate at or above it, best first, equal
+        # scores by row, then the first m (the tie at the m-th place goes to the lower rows).
+        kth = -np.partition(-sims, m - 1, axis=1)[:, m - 1]
+        for i, row in enumerate(sims):
+            cand = np.flatnonzero(row >= kth[i])
+            out[rows[i]] = cand[np.lexsort((cand, -row[cand]))[:m]]
     return out

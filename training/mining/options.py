@@ -38,7 +38,9 @@ def check_mine_options(options: Any, prefix: str = "") -> None:
         raise ValueError(
             f"{prefix}cluster_top ({cluster_top}) exceeds {prefix}clusters ({clusters})."
         )
-    if values["cluster_text_neighbours"] and not clusters and not getattr(options, "mined", None):
+    # Training may read cells from `mined` files, unless it re-mines (which needs clusters).
+    reads_files = getattr(options, "mined", None) and not getattr(options, "remine_every_epochs", 0)
+    if values["cluster_text_neighbours"] and not clusters and not reads_files:
         raise ValueError(
             f"{prefix}cluster_text_neighbours needs {prefix}clusters > 0 (the k-means cells "
             "the neighbours' images fall in)."
