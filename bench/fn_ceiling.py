@@ -154,12 +154,22 @@ def fitted_f1(features: np.ndarray, truth: np.ndarray, iters: int = 200) -> dict
 
 
 @torch.no_grad()
-def ceiling(guide: Path, work: Path, setting: str, n_batches: int) -> list[dict[str, Any]]:
-    loaded = load_pretrained(bt.MODEL, str(guide))
+def _embedded(
+    ckpt: Path, work: Path, setting: str
+) -> tuple[Any, list[Any], np.ndarray, np.ndarray]:
+    """The model of `ckpt`, the target's training records and their (text, image) features."""
+    loaded = load_pretrained(bt.MODEL, str(ckpt))
     records = read_manifest(work / "data" / setting / "train.jsonl")
     dataset = ImageTextDataset(records, loaded.preprocess_val, loaded.tokenizer)
     images, tokens = materialize(dataset)
-    text, image = (torch.from_numpy(a) for a in embed_tensors(loaded.model, images, tokens))
+    text, image = embed_tensors(loaded.model, images, tokens)
+    return loaded, records, text, image
+
+
+@torch.no_grad()
+def ceiling(guide: Path, work: Path, setting: str, n_batches: int) -> list[dict[str, Any]]:
+    _, records, text_np, image_np = _embedded(guide, work, setting)
+    text, image = torch.from_numpy(text_np), torch.from_numpy(image_np)
     mined = read_mined(work / "mined" / setting / "none", records)
     table = build_item_table(records, image_keys=True, cluster_ids=mined.cluster_ids)
     samplers = {
@@ -199,11 +209,7 @@ CELL_NEIGHBOURS = (0, 5, 10, 15)
 def cluster_cells(base: Path, work: Path, setting: str, n_batches: int) -> list[dict[str, Any]]:
     """The `cluster` estimator's pooled FN precision/recall/F1 for each M in CELL_NEIGHBOURS,
     on the cells mined with the base (WORK/mined/SETTING/none), counted by the loss itself."""
-    loaded = load_pretrained(bt.MODEL, str(base))
-    records = read_manifest(work / "data" / setting / "train.jsonl")
-    dataset = ImageTextDataset(records, loaded.preprocess_val, loaded.tokenizer)
-    images, tokens = materialize(dataset)
-    text_np, image_np = embed_tensors(loaded.model, images, tokens)
+    loaded, records, text_np, image_np = _embedded(base, work, setting)
     text, image = torch.from_numpy(text_np), torch.from_numpy(image_np)
     mined = read_mined(work / "mined" / setting / "none", records)
     if mined.cluster_ids is None:
@@ -229,15 +235,14 @@ def cluster_cells(base: Path, work: Path, setting: str, n_batches: int) -> list[
                 )  # fmt: skip
                 st = loss.last_stats
                 tp, fp, fn = tp + st["fn_tp"], fp + st["fn_fp"], fn + st["fn_fn"]
-            p, r = tp / max(tp + fp, 1.0), tp / max(tp + fn, 1.0)
-            f1 = 2 * p * r / (p + r) if p + r else 0.0
+            got = bt._pooled(tp, fp, fn)  # as fn_detection.json counts them
             rows.append({
                 "guide_name": "cluster cells", "setting": setting, "sampling": sampling,
-                "caption_neighbours": m, "precision": p, "recall": r, "f1": f1,
-            })  # fmt: skip
+                "caption_neighbours": m,
+            } | got)  # fmt: skip
             print(
                 f"cluster cells, {m:2d} caption neighbours, {setting}/{sampling}: precision "
-                f"{p:.3f} recall {r:.3f} F1 {f1:.3f}",
+                f"{got['fn_precision']:.3f} recall {got['fn_recall']:.3f} F1 {got['fn_f1']:.3f}",
                 flush=True,
             )
     return rows
