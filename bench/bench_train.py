@@ -338,6 +338,31 @@ DETECTORS: dict[str, dict[str, Any]] = {
 
 
 @torch.no_grad()
+def pooled_detection(
+    loss: Any, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+    table: Any, batches: Sequence[np.ndarray],
+) -> dict[str, float]:  # fmt: skip
+    """A filtered loss's FN precision/recall/F1 over `batches` (item rows of `table`),
+    counts pooled over the batches, with its mean mask rate and true FN rate."""
+    tp = fp = fn = 0.0
+    mask, true_rate = [], []
+    for step, idx in enumerate(batches):
+        rows = torch.from_numpy(idx)
+        loss(
+            image_features=image[rows], text_features=text[rows], logit_scale=scale,
+            batch=table.batch(rows, step), output_dict=True,
+        )  # fmt: skip
+        st = loss.last_stats
+        tp, fp, fn = tp + st["fn_tp"], fp + st["fn_fp"], fn + st["fn_fn"]
+        mask.append(st["fn_mask_rate"])
+        true_rate.append(st.get("fn_true_rate", float("nan")))
+    return _pooled(tp, fp, fn) | {
+        "mask_rate": float(np.mean(mask)),
+        "true_fn_rate": float(np.mean(true_rate)),
+    }
+
+
+@torch.no_grad()
 def fn_detection(
     setting: str, base: Path, train_path: Path, mined_dir: Path, n_batches: int
 ) -> list[dict[str, Any]]:
@@ -369,22 +394,9 @@ def fn_detection(
         batches = sampler.epoch(0)[:n_batches]
         for name, extra in DETECTORS.items():
             loss = build_loss(LossConfig(**extra))
-            tp = fp = fn = 0.0
-            mask, true_rate = [], []
-            for step, idx in enumerate(batches):
-                rows_t = torch.from_numpy(idx)
-                loss(
-                    image_features=i[rows_t], text_features=t[rows_t], logit_scale=scale,
-                    batch=table.batch(rows_t, step), output_dict=True,
-                )  # fmt: skip
-                st = loss.last_stats
-                tp, fp, fn = tp + st["fn_tp"], fp + st["fn_fp"], fn + st["fn_fn"]
-                mask.append(st["fn_mask_rate"])
-                true_rate.append(st.get("fn_true_rate", float("nan")))
             rows.append(
                 {"setting": setting, "sampling": sampling, "estimator": name}
-                | _pooled(tp, fp, fn)
-                | {"mask_rate": float(np.mean(mask)), "true_fn_rate": float(np.mean(true_rate))}
+                | pooled_detection(loss, i, t, scale, table, batches)
             )
             r = rows[-1]
             print(

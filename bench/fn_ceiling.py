@@ -226,16 +226,9 @@ def cluster_cells(base: Path, work: Path, setting: str, n_batches: int) -> list[
         cells = caption_cells(text_np, mined.cluster_ids.numpy(), m)
         with_cells = table.replace(caption_cells=torch.from_numpy(cells))
         for sampling, sampler in samplers.items():
-            tp = fp = fn = 0.0
-            for step, idx in enumerate(sampler.epoch(0)[:n_batches]):
-                rows_t = torch.from_numpy(idx)
-                loss(
-                    image_features=image[rows_t], text_features=text[rows_t], logit_scale=scale,
-                    batch=with_cells.batch(rows_t, step), output_dict=True,
-                )  # fmt: skip
-                st = loss.last_stats
-                tp, fp, fn = tp + st["fn_tp"], fp + st["fn_fp"], fn + st["fn_fn"]
-            got = bt._pooled(tp, fp, fn)  # as fn_detection.json counts them
+            batches = sampler.epoch(0)[:n_batches]
+            # Counted as fn_detection.json counts them.
+            got = bt.pooled_detection(loss, image, text, scale, with_cells, batches)
             rows.append({
                 "guide_name": "cluster cells", "setting": setting, "sampling": sampling,
                 "caption_neighbours": m,
