@@ -52,6 +52,7 @@ from clipserve.training.data import synth  # noqa: E402
 from clipserve.training.data.manifest import read_manifest  # noqa: E402
 from clipserve.training.losses import LossConfig  # noqa: E402
 from clipserve.training.mining.embed import embed_with_checkpoint  # noqa: E402
+from clipserve.training.mining.lexical import caption_word_ids, words  # noqa: E402
 from clipserve.training.mining.mine import MineConfig, config_summary, mine, write_mined  # noqa: E402
 from clipserve.training.sampling.side_inputs import build_item_table  # noqa: E402
 from clipserve.training.train import train  # noqa: E402
@@ -71,6 +72,12 @@ MARGIN = {"estimator": "margin", "margin_mode": "relative", "margin": 0.05}
 # nearest captions (partial captions match images in several cells). 5 was read off a
 # labelled sweep of this data (docs/benchmarks.md, eleventh session): the one tuned value.
 CLUSTER_TEXT_NEIGHBOURS = 5
+# `lexical`: mining's defaults (visual words at ratio 1.5, 10 image neighbours, majority vote).
+LEXICAL = {"estimator": "lexical"}
+
+
+# Estimators that read mined side inputs: their runs read the mined files even on random batches.
+MINED_INPUTS = ("cluster", "lexical")
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,12 @@ def high_fn_runs() -> list[RunSpec]:
         RunSpec("hard+guide/positive", "hard_batches", GUIDE | {"policy": "positive"}),
         RunSpec("hard+duplicate/drop", "hard_batches", {"estimator": "duplicate"}),
         RunSpec("hard+cluster/drop", "hard_batches", {"estimator": "cluster"}),
+        RunSpec("hard+lexical/drop", "hard_batches", LEXICAL),
+        # Its precise suspects as extra positives (ALBEF-style) instead: --extra, one more
+        # configuration than the 45-minute plan holds (docs/benchmarks.md has its numbers).
+        RunSpec(
+            "hard+lexical/positive", "hard_batches", LEXICAL | {"policy": "positive"}, extra=True
+        ),
         RunSpec("hard+em/positive", "hard_batches", {"estimator": "em", "policy": "positive"}),
         RunSpec("hard+oracle/drop", "hard_batches", {"estimator": "oracle"}),
         RunSpec("mined+guide/drop", "mined_negatives", GUIDE, mined_filter="guide"),
@@ -125,6 +138,7 @@ def low_fn_runs() -> list[RunSpec]:
         RunSpec("hard+guide/drop", "hard_batches", GUIDE),
         RunSpec("random+guide/drop", "random", GUIDE),
         RunSpec("hard+margin/drop", "hard_batches", MARGIN),
+        RunSpec("hard+lexical/drop", "hard_batches", LEXICAL),
         # The high-fn winner must show no harm here too, beside its unfiltered sampling.
         RunSpec("mined", "mined_negatives"),
         RunSpec("mined+guide/drop", "mined_negatives", GUIDE, mined_filter="guide"),
@@ -226,7 +240,9 @@ def mine_target(work: Path, setting: str, data: Path, base: Path, filters: set[s
     for flt in sorted(filters):
         d = work / "mined" / setting / flt
         out[flt] = d
-        mcfg = MineConfig(clusters=64, cluster_text_neighbours=CLUSTER_TEXT_NEIGHBOURS)
+        mcfg = MineConfig(
+            clusters=64, cluster_text_neighbours=CLUSTER_TEXT_NEIGHBOURS, lexical=True
+        )
         fcfg = LossConfig(**(GUIDE if flt == "guide" else {"estimator": flt}))
         if (d / "mine.json").is_file():
             done = json.loads((d / "mine.json").read_text())
@@ -238,7 +254,8 @@ def mine_target(work: Path, setting: str, data: Path, base: Path, filters: set[s
             table = build_item_table(
                 records, guide=(torch.from_numpy(image), torch.from_numpy(text))
             )
-        mined, _ = mine(text, image, table, mcfg, fcfg, work / "mined" / "index", False)
+        captions = [r.caption for r in records]
+        mined, _ = mine(text, image, table, mcfg, fcfg, work / "mined" / "index", False, captions)
         write_mined(d, records, mined, config_summary(mcfg, fcfg))
         s = mined.stats
         print(
@@ -300,7 +317,7 @@ def run_one(
 ) -> dict[str, Any]:  # fmt: skip
     out = run_dir(work, setting, spec, seed)
     sampling: dict[str, Any] = {"mode": spec.mode}
-    if spec.mode != "random" or spec.loss.get("estimator") == "cluster":
+    if spec.mode != "random" or spec.loss.get("estimator") in MINED_INPUTS:
         sampling["mined"] = str(mined[spec.mined_filter])
     cfg = _config(
         data.train, data.test, out, steps=steps, lr=5e-4, warmup=20, pretrained=str(base),
@@ -333,6 +350,7 @@ DETECTORS: dict[str, dict[str, Any]] = {
     "guide-text": GUIDE_TEXT,
     "duplicate": {"estimator": "duplicate"},
     "cluster": {"estimator": "cluster"},
+    "lexical": LEXICAL,
     "oracle": {"estimator": "oracle"},
 }
 
@@ -383,7 +401,11 @@ def fn_detection(
     t, i = torch.from_numpy(text), torch.from_numpy(image)
     mined = read_mined(mined_dir, records)
     table = build_item_table(records, image_keys=True, cluster_ids=mined.cluster_ids, guide=(i, t))
-    table = table.replace(caption_cells=mined.caption_cells)
+    table = table.replace(
+        caption_cells=mined.caption_cells,
+        caption_words=mined.caption_words,
+        image_neighbours=mined.image_neighbours,
+    )
     scale = loaded.model.logit_scale.exp()
     samplers = {
         "random": RandomBatches(len(records), BATCH, 0),
@@ -432,6 +454,11 @@ def step_times(specs: Sequence[RunSpec], base: Path, data: Path, reps: int) -> d
         guide_image_features=guide, guide_text_features=guide,
         cluster_ids=torch.arange(STEP_BATCH)[:, None] % 16,
         caption_cells=torch.arange(STEP_BATCH * (1 + CLUSTER_TEXT_NEIGHBOURS)).view(STEP_BATCH, -1) % 16,
+        # every word of every caption, and 10 neighbours each: the lexical estimator's full load
+        caption_words=torch.from_numpy(caption_word_ids(
+            [r.caption for r in records], sorted({w for r in records for w in words(r.caption)})
+        )),
+        image_neighbours=(torch.arange(STEP_BATCH)[:, None] + torch.arange(1, 11)) % STEP_BATCH,
     )  # fmt: skip
     side = table.batch(torch.arange(STEP_BATCH), step=0)
     losses: dict[str, Any] = {"ClipLoss (open_clip)": open_clip.ClipLoss()}
@@ -760,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s for s in runs() if (s.name in args.only if args.only else args.extra or not s.extra)
         ]
         paths = synth.generate(data_cfg, work / "data" / setting, progress=False, reuse=True).paths
-        filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") == "cluster"}  # fmt: skip
+        filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") in MINED_INPUTS}  # fmt: skip
         filters.add("none")  # the groups and clusters FN detection runs on
         mined = mine_target(work, setting, paths.train, base, filters)
         plan.append((setting, specs, paths, mined))

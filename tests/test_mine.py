@@ -15,7 +15,7 @@ from clipserve.training.data.manifest import read_manifest
 from clipserve.training.losses import LossConfig
 from clipserve.training.mining.kmeans import kmeans, nearest_centres
 from clipserve.training.mining.mine import MineConfig, mine, read_mined, write_mined
-from clipserve.training.mining.neighbours import caption_neighbours, nearest_neighbours
+from clipserve.training.mining.neighbours import exact_neighbours, nearest_neighbours
 from clipserve.training.mining.plan import hard_batch_groups, rank_window, select_negatives
 from clipserve.training.sampling.batches import HardBatches, MinedNegativeBatches, RandomBatches
 from clipserve.training.sampling.side_inputs import ItemTable
@@ -190,20 +190,20 @@ def test_mined_files_round_trip_and_are_deterministic(embeddings, tmp_path: Path
         read_mined(tmp_path / "a", records[:-1])
 
 
-def test_caption_neighbours_are_exact_and_exclude_the_caption() -> None:
+def test_exact_neighbours_are_exact_and_exclude_the_item() -> None:
     text, _, _ = _embeddings_small()
-    got = caption_neighbours(text, 5, block=7)  # blocks that do not divide N
+    got = exact_neighbours(text, 5, block=7)  # blocks that do not divide N
     sims = text @ text.T
     for a in range(len(text)):
         order = [int(i) for i in np.argsort(-sims[a], kind="stable") if i != a][:5]
         assert got[a].tolist() == order
     # Repeated captions tie: the tie goes to the lower rows, as a stable sort has it.
     same = np.repeat(text[:3], 4, axis=0)  # rows 0-3 equal, 4-7 equal, 8-11 equal
-    got = caption_neighbours(same, 5)
+    got = exact_neighbours(same, 5)
     ref = np.argsort(-(same @ same.T - 3 * np.eye(12)), axis=1, kind="stable")[:, :5]
     assert got.tolist() == ref.tolist()
-    with pytest.raises(ValueError, match="caption neighbours"):
-        caption_neighbours(text, len(text))
+    with pytest.raises(ValueError, match="neighbours must be in"):
+        exact_neighbours(text, len(text))
 
 
 def _embeddings_small() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,7 +223,7 @@ def test_caption_cells_widen_the_cluster_filter(embeddings, tmp_path: Path) -> N
     cells = table.caption_cells
     assert cells is not None and cells.shape == (60, 5)
     own = wide.cluster_ids[:, 0]
-    nb = caption_neighbours(text, 4)
+    nb = exact_neighbours(text, 4)
     assert torch.equal(cells[:, 0], own)
     assert torch.equal(cells[:, 1:], own[torch.from_numpy(nb)])
     # A caption suspects every image of its own cell and more: the filter only grows.
@@ -294,6 +294,71 @@ def test_clipserve_mine_cli(tiny_data, micro_checkpoint: Path, tmp_path: Path, c
     assert cli([*argv[:5], "--out", str(tmp_path / "y"), "--cluster-text-neighbours", "2"]) == 2
     assert "cluster_text_neighbours needs clusters > 0" in capsys.readouterr().err
     assert cli(["mine", "--data", "missing.jsonl", "--checkpoint", "x.pt", "--out", "o"]) == 2
+
+
+def test_clipserve_mine_lexical(tiny_data, micro_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from clipserve.cli.main import main as cli
+
+    records = read_manifest(tiny_data.train)
+    out = tmp_path / "mined"
+    argv = ["mine", "--data", str(tiny_data.train), "--checkpoint", str(micro_checkpoint)]
+    argv += ["--out", str(out), "--quiet"]
+    assert cli([*argv, "--filter", "lexical", "--lexical-neighbours", "4"]) == 0
+    assert "visual words" in capsys.readouterr().out
+    lex = json.loads((out / "lexical.json").read_text())
+    assert lex["format"] == "clipserve-lexical/1" and lex["ids"] == [r.id for r in records]
+    assert set(lex["vocabulary"]) <= set(lex["ratios"])
+    assert all(lex["ratios"][w] >= 1.5 for w in lex["vocabulary"])
+    assert np.array(lex["image_neighbours"]).shape == (128, 4)
+    back = read_mined(out, records)
+    assert back.caption_words is not None and back.image_neighbours is not None
+    assert back.image_neighbours.shape == (128, 4)
+    for row, ids in zip(back.caption_words.tolist(), lex["caption_words"], strict=True):
+        assert [i for i in row if i >= 0] == ids
+    # --lexical writes the inputs without filtering with them; a plain rerun removes them.
+    assert cli([*argv, "--lexical", "--lexical-neighbours", "0"]) == 0
+    assert json.loads((out / "lexical.json").read_text())["image_neighbours"] == []
+    assert read_mined(out, records).image_neighbours is None
+    assert cli(argv) == 0
+    assert not (out / "lexical.json").exists()
+    assert cli([*argv, "--lexical", "--lexical-neighbours", "-1"]) == 2
+    assert "lexical_neighbours must be 0 or more" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_with_the_lexical_estimator_mines_its_inputs(
+    tiny_data, micro_checkpoint: Path, tmp_path: Path
+) -> None:
+    from clipserve.training.config import config_from_dict
+    from clipserve.training.train import train
+
+    def cfg(out: Path, **sampling):
+        raw = {
+            "model": {"name": "clipserve-micro", "pretrained": str(micro_checkpoint)},
+            "data": {"train": str(tiny_data.train), "batch_size": 32},
+            "optim": {"lr": 1e-3, "max_steps": 2},
+            "loss": {"estimator": "lexical"},
+            "sampling": {"lexical_neighbours": 4, **sampling},
+            "run": {"output_dir": str(out), "device": "cpu", "progress": False,
+                    "log_every": 1, "threads": 1},
+        }  # fmt: skip
+        return config_from_dict(raw)
+
+    # Random batches: training mines the words with its starting weights, then counts.
+    train(cfg(tmp_path / "r"))
+    lex = json.loads((tmp_path / "r" / "mined" / "epoch_0000" / "lexical.json").read_text())
+    assert np.array(lex["image_neighbours"]).shape == (128, 4)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert "fn_f1" in rows[0] and rows[0]["fn_masked_positives"] == 0
+    # Mined files without the words: a sentence saying how to mine them.
+    plain = tmp_path / "plain"
+    from clipserve.cli.main import main as cli
+
+    argv = ["mine", "--data", str(tiny_data.train), "--checkpoint", str(micro_checkpoint)]
+    assert cli([*argv, "--out", str(plain), "--quiet"]) == 0
+    with pytest.raises(ValueError, match="mine with --lexical"):
+        train(cfg(tmp_path / "m", mined=str(plain)))
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ def test_finetune_configs_load(path: Path) -> None:
         ({"filter": "cluster"}, "clusters > 0"),
         ({"cluster_text_neighbours": 5}, "sampling.clusters > 0"),
         ({"cluster_text_neighbours": -1}, "0 or more"),
+        ({"lexical_neighbours": -1}, "sampling.lexical_neighbours must be 0 or more"),
+        ({"visual_ratio": -0.5}, "sampling.visual_ratio must be 0 or more"),
         # Re-mining computes the cells again, so it needs the centres too.
         (
             {"cluster_text_neighbours": 5, "mined": "m", "remine_every_epochs": 1},

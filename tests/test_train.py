@@ -310,6 +310,15 @@ def test_resume_equals_uninterrupted_and_is_deterministic(manifest: Path, tmp_pa
     # metrics.jsonl holds each step once, in order, after the resume.
     steps = [json.loads(x)["step"] for x in (tmp_path / "c/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+    # A run killed before its first checkpoint starts over: its stale rows do not stay.
+    stale = micro_config(manifest, tmp_path / "d")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/metrics.jsonl").write_text(
+        '{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n'
+    )
+    train(stale)
+    rows = [json.loads(x) for x in (tmp_path / "d/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and rows[0]["loss"] != 9.0
 
 
 def test_different_seed_gives_different_weights(manifest: Path, tmp_path: Path) -> None:

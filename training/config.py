@@ -130,7 +130,7 @@ class OptimConfig:
 
 
 SAMPLING_MODES = ("random", "hard_batches", "mined_negatives")
-FILTERS = ("none", "margin", "guide", "duplicate", "cluster", "oracle")
+FILTERS = ("none", "margin", "guide", "duplicate", "cluster", "lexical", "oracle")
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,9 @@ class SamplingConfig:
     # offline `filter` (thresholds: loss.margin, loss.margin_mode, loss.fn_threshold,
     # loss.hash_max_distance); hard-batch groups of group_size; k-means `clusters`;
     # cluster_text_neighbours M > 0: the `cluster` estimator also flags an image whose cell
-    # holds the image of one of the caption's M nearest captions (see MineConfig).
+    # holds the image of one of the caption's M nearest captions (see MineConfig);
+    # lexical_neighbours / visual_ratio: the `lexical` estimator's image neighbours and its
+    # visual-word test (mined whenever loss.estimator or sampling.filter is "lexical").
     rank_start: int = 3
     rank_window: int = 30
     negatives: int = 3
@@ -157,6 +159,8 @@ class SamplingConfig:
     clusters: int = 0
     cluster_top: int = 1
     cluster_text_neighbours: int = 0
+    lexical_neighbours: int = 10
+    visual_ratio: float = 1.5
     filter: str = "none"
 
     def __post_init__(self) -> None:

@@ -331,6 +331,9 @@ def _train(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     progress = Progress()
+    if saved is None and ddp.is_main:
+        # A run stopped before its first checkpoint starts again from step 0: its rows go.
+        metrics_path.unlink(missing_ok=True)
     if saved is not None:
         progress = restore_run_state(saved, model, opt, scaler)
         if ddp.is_main:
@@ -474,12 +477,14 @@ config sections (every key can be overridden as section.key=value):
   [data]      train, val (manifests), batch_size, augment, workers
   [optim]     lr, warmup_steps, epochs or max_steps, weight_decay, grad_clip_norm
   [loss]      name = clip | siglip; estimator = none | em | margin | guide | duplicate |
-              cluster | oracle (false-negative detector); policy = drop | downweight |
-              positive; hardness = none | hn-nce | hcl; margin, margin_mode, fn_threshold;
-              guide_anchor = row | text (guide: per direction, or each pair once by caption)
+              cluster | lexical | oracle (false-negative detector); policy = drop |
+              downweight | positive; hardness = none | hn-nce | hcl; margin, margin_mode,
+              fn_threshold; guide_anchor = row | text (guide: per direction, or each pair
+              once by caption); lexical_votes (lexical)
   [sampling]  mode = random | hard_batches | mined_negatives; mined (a `clipserve mine`
               output; unset = mine with the starting weights); remine_every_epochs;
-              clusters, cluster_text_neighbours (for estimator = cluster)
+              clusters, cluster_text_neighbours (for estimator = cluster);
+              lexical_neighbours, visual_ratio (for estimator = lexical)
   [run]       output_dir, seed, device, precision, threads, eval_every, save_every_steps
 
 which to pick (docs/results/fn_benchmark.md has the numbers):

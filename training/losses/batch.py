@@ -38,6 +38,10 @@ class LossBatch:
     - ``caption_cells``: (B, 1 + M) int64, the cell of each item's own image, then the cells
       of the images paired with its caption's M nearest captions. Read by `cluster` when set
       (an image in one of a caption's cells is a suspected match of that caption).
+    - ``caption_words``: (B, L) int64 ids of each caption's visual words, -1 padded
+      (`clipserve.training.mining.lexical`). Read by `lexical`.
+    - ``neighbour_words``: (B, k, L) int64, the ``caption_words`` of the captions paired with
+      each image's k nearest images. Read by `lexical` when set.
     """
 
     step: int | None = None
@@ -50,6 +54,8 @@ class LossBatch:
     image_keys: torch.Tensor | None = None
     cluster_ids: torch.Tensor | None = None
     caption_cells: torch.Tensor | None = None
+    caption_words: torch.Tensor | None = None
+    neighbour_words: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensor fields that are set, by name."""

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 FORMS = ("clip", "siglip")
-ESTIMATORS = ("none", "em", "margin", "guide", "duplicate", "cluster", "oracle")
+ESTIMATORS = ("none", "em", "margin", "guide", "duplicate", "cluster", "lexical", "oracle")
 POLICIES = ("drop", "downweight", "positive")
 HARDNESS = ("none", "hn-nce", "hcl")
 MARGIN_MODES = ("absolute", "relative")
@@ -23,7 +23,8 @@ class LossConfig:
     # "siglip" = sigmoid loss (image rows against all texts, as open_clip.SigLipLoss).
     name: str = "clip"
     # How suspected false negatives (FN) are detected: none | em | margin | guide |
-    # duplicate | cluster | oracle (oracle reads the ground-truth labels: for measuring only).
+    # duplicate | cluster | lexical | oracle (oracle reads the ground-truth labels: for
+    # measuring only).
     estimator: str = "none"
     # What to do with them: drop (weight 0 in the denominator) | downweight (weight 1 - p) |
     # positive (soft extra positive with target mass p, ALBEF-style).
@@ -48,6 +49,9 @@ class LossConfig:
     em_seed: int = 0
     # duplicate estimator: image hashes within this Hamming distance count as duplicates.
     hash_max_distance: int = 0
+    # lexical estimator: an image matches a caption when its own caption holds every visual
+    # word of the caption, or at least this fraction of its mined neighbours' captions do.
+    lexical_votes: float = 0.5
     # policy "positive", softmax: row-normalised targets (ALBEF) or, when false, EMCRL's raw
     # T = clip(I + p, 0, 1) in -sum_k T_ak log P_ak.
     normalize_targets: bool = True
@@ -89,6 +93,8 @@ class LossConfig:
             raise ValueError(
                 f"loss.hash_max_distance must be in [0, 64], got {self.hash_max_distance}."
             )
+        if not 0.0 < self.lexical_votes <= 1.0:
+            raise ValueError(f"loss.lexical_votes must be in (0, 1], got {self.lexical_votes}.")
         if not self.neg_bce_weight >= 0:
             raise ValueError(f"loss.neg_bce_weight must be 0 or more, got {self.neg_bce_weight}.")
         if not math.isfinite(self.hard_beta):

@@ -5,7 +5,8 @@
                    [--filter none|margin|guide|duplicate|cluster|oracle] [--margin M]
                    [--margin-mode absolute|relative] [--guide-checkpoint PT | --guide-bundle DIR]
                    [--clusters C] [--cluster-top 1] [--cluster-text-neighbours M]
-                   [--seed 0] [--quiet]
+                   [--lexical] [--lexical-neighbours 10] [--visual-ratio 1.5]
+                   [--lexical-votes 0.5] [--seed 0] [--quiet]
 
 Argument errors exit 2 through argparse; a bad manifest, model or option raises ValueError,
 which the `clipserve` dispatcher reports as ``clipserve mine: error: ...`` (exit 2).
@@ -30,6 +31,8 @@ what it writes (OUT):
   batch_plan.json   neighbourhood groups for hard batches (every item exactly once)
   clusters.json     k-means centres and each item's nearest centres (with --clusters), and
                     each caption's cells (with --cluster-text-neighbours)
+  lexical.json      each caption's visual words and each image's nearest images, for the
+                    lexical estimator (with --lexical or --filter lexical)
   mine.json         settings, corpus size, throughput and, when the manifest has labels,
                     the filter's false-negative precision / recall / F1
   index/            the embedded Qdrant index the neighbours came from (scratch)
@@ -44,6 +47,7 @@ examples:
       --out work/mined --filter margin --margin 0.05
   clipserve mine --data train.jsonl --bundle work/bundle --out work/mined \\
       --filter guide --guide-checkpoint base.pt --clusters 64
+  clipserve mine --data train.jsonl --checkpoint base.pt --out work/mined --lexical
 """
 
 
@@ -79,18 +83,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="cluster: a caption also suspects images in the cells of the images of "
                    "its M nearest captions, which reach captions that name only some "
                    "attributes; 0 = its own image's cell only (default %(default)s)")  # fmt: skip
+    g.add_argument("--lexical", action="store_true",
+                   help="also write lexical.json, what the lexical estimator reads in training "
+                   "(implied by --filter lexical)")  # fmt: skip
+    g.add_argument("--lexical-neighbours", type=int, default=d.lexical_neighbours, metavar="K",
+                   help="lexical: an image's K nearest images vote with their captions; 0 = "
+                   "its own caption only (default %(default)s)")  # fmt: skip
+    g.add_argument("--visual-ratio", type=float, default=d.visual_ratio, metavar="R",
+                   help="lexical: a word counts when its captions' images sit R times further "
+                   "from the corpus mean than random ones; 0 = every word (default %(default)s)")  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="grouping/k-means seed (default %(default)s)")  # fmt: skip
     f = p.add_argument_group("false-negative filter (the loss's estimators, offline)")
     f.add_argument("--filter", choices=OFFLINE_ESTIMATORS, default="none",
                    help="margin: the mining model's own scores; guide: a guide model's; "
                    "duplicate: same normalised caption or image hash; cluster: same k-means "
-                   "centre; oracle: the manifest's labels (for measuring). Default %(default)s")  # fmt: skip
+                   "centre; lexical: the image's caption (or most of its neighbours') holds "
+                   "every visual word of the caption; oracle: the manifest's labels (for "
+                   "measuring). Default %(default)s")  # fmt: skip
     f.add_argument("--margin", type=float, default=0.05,
                    help="margin/guide: suspected when score > pos - margin (absolute) or "
                    "pos - |pos|*margin (relative); default %(default)s")  # fmt: skip
     f.add_argument("--margin-mode", choices=MARGIN_MODES, default="absolute")
     f.add_argument("--hash-max-distance", type=int, default=0,
                    help="duplicate: image hashes within this many bits match (default %(default)s)")  # fmt: skip
+    f.add_argument("--lexical-votes", type=float, default=0.5, metavar="V",
+                   help="lexical: the fraction of the image's neighbours whose captions must "
+                   "hold the words (default %(default)s)")  # fmt: skip
     guide = f.add_mutually_exclusive_group()
     guide.add_argument("--guide-checkpoint", help="guide model: a clipserve checkpoint")
     guide.add_argument("--guide-bundle", help="guide model: an ONNX bundle directory")
@@ -113,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusters=args.clusters,
         cluster_top=args.cluster_top,
         cluster_text_neighbours=args.cluster_text_neighbours,
+        lexical=args.lexical or args.filter == "lexical",
+        lexical_neighbours=args.lexical_neighbours,
+        visual_ratio=args.visual_ratio,
         seed=args.seed,
     )
     filter_cfg = LossConfig(
@@ -120,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         margin=args.margin,
         margin_mode=args.margin_mode,
         hash_max_distance=args.hash_max_distance,
+        lexical_votes=args.lexical_votes,
     )
     if args.filter == "guide" and not (args.guide_checkpoint or args.guide_bundle):
         raise ValueError("--filter guide needs --guide-checkpoint or --guide-bundle")
@@ -150,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         guide = (torch.from_numpy(gi), torch.from_numpy(gt))
     table = build_item_table(records, image_keys=args.filter == "duplicate", guide=guide)
     out = Path(args.out)
-    mined, _ = mine(text, image, table, cfg, filter_cfg, args.index_dir or out / "index", progress)
+    index_dir = args.index_dir or out / "index"
+    captions = [r.caption for r in records]
+    mined, _ = mine(text, image, table, cfg, filter_cfg, index_dir, progress, captions)
     summary = config_summary(cfg, filter_cfg) | {
         "data": str(args.data),
         "model": str(args.checkpoint or args.bundle),
@@ -178,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{s['filter_recall']:.3f}, F1 {s['filter_f1']:.3f}"
         )
     print(f"hard-batch plan: {len(mined.groups)} groups of up to {cfg.group_size}")
+    if mined.vocabulary is not None:
+        print(f"lexical: {len(mined.vocabulary)} visual words: {' '.join(mined.vocabulary[:30])}")
     print(f"wrote {out}/negatives.jsonl, batch_plan.json, mine.json", file=sys.stderr)
     return 0
 

@@ -1,10 +1,10 @@
 """The offline false-negative filter of mined candidates, reusing the loss's estimators.
 
 A mined candidate k of anchor a is suspected to be a false negative when the estimator
-`cfg.estimator` (margin / guide / duplicate / cluster / oracle, the same code and thresholds
-the in-batch loss uses: `clipserve.training.losses.estimators`) scores the pair at least
-`cfg.fn_threshold` in either direction (caption a vs image k, or image a vs caption k: a mined
-item enters the batch as a whole pair). `em` needs the training batch's softmax and has no
+`cfg.estimator` (margin / guide / duplicate / cluster / lexical / oracle, the same code and
+thresholds the in-batch loss uses: `clipserve.training.losses.estimators`) scores the pair at
+least `cfg.fn_threshold` in either direction (caption a vs image k, or image a vs caption k: a
+mined item enters the batch as a whole pair). `em` needs the training batch's softmax and has no
 offline form.
 """
 
@@ -17,7 +17,7 @@ from clipserve.training.losses.config import LossConfig
 from clipserve.training.losses.estimators import EstimatorInput, build_estimator, truth_matrices
 from clipserve.training.sampling.side_inputs import ItemTable
 
-OFFLINE_ESTIMATORS = ("none", "margin", "guide", "duplicate", "cluster", "oracle")
+OFFLINE_ESTIMATORS = ("none", "margin", "guide", "duplicate", "cluster", "lexical", "oracle")
 
 
 def check_offline(cfg: LossConfig, table: ItemTable) -> None:

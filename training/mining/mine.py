@@ -10,6 +10,9 @@ the on-disk contract (``DIR`` = the ``--out`` of ``clipserve mine``)::
     DIR/clusters.json     {"format", "top", "ids": [ids], "assign": [[centre ids]], "centres",
                           "caption_cells": [[cell ids]] (with cluster_text_neighbours > 0)}
                           (when clusters > 0)
+    DIR/lexical.json      {"format", "ids", "vocabulary": [visual words],
+                          "ratios": {word: ratio}, "caption_words": [[word ids]],
+                          "image_neighbours": [[positions in ids]]} (when lexical)
     DIR/mine.json         the mining config, corpus size, timings and throughput, and, when
                           the manifest has labels, the filter's FN precision/recall/F1
 """
@@ -35,7 +38,8 @@ from clipserve.training.mining.filters import (
     true_false_negatives,
 )
 from clipserve.training.mining.kmeans import kmeans, nearest_centres
-from clipserve.training.mining.neighbours import caption_neighbours, nearest_neighbours
+from clipserve.training.mining.lexical import lexical_inputs
+from clipserve.training.mining.neighbours import exact_neighbours, nearest_neighbours
 from clipserve.training.mining.options import MineConfig
 from clipserve.training.mining.plan import (
     hard_batch_groups,
@@ -46,6 +50,7 @@ from clipserve.training.sampling.side_inputs import ItemTable
 
 PLAN_FORMAT = "clipserve-batch-plan/1"
 CLUSTERS_FORMAT = "clipserve-clusters/1"
+LEXICAL_FORMAT = "clipserve-lexical/1"
 
 
 @dataclass
@@ -57,6 +62,10 @@ class Mined:
     cluster_ids: torch.Tensor | None = None  # (N, cluster_top) int64
     centres: np.ndarray | None = None  # [clusters, D]
     caption_cells: torch.Tensor | None = None  # (N, 1 + cluster_text_neighbours) int64
+    caption_words: torch.Tensor | None = None  # (N, L) int64 visual-word ids, -1 padded
+    image_neighbours: torch.Tensor | None = None  # (N, lexical_neighbours) int64 rows
+    vocabulary: list[str] | None = None  # the visual words caption_words index
+    word_ratios: dict[str, float] | None = None  # every word's concentration ratio
     # Details kept for negatives.jsonl and the report (None when read back from files).
     ranks: list[np.ndarray] | None = None
     scores: list[np.ndarray] | None = None
@@ -88,9 +97,11 @@ def mine(
     filter_cfg: LossConfig,
     index_dir: str | os.PathLike[str],
     progress: bool = True,
+    captions: Sequence[str] | None = None,
 ) -> tuple[Mined, ItemTable]:
     """Mine from L2-normalised text/image [N, D]; `filter_cfg.estimator` filters negatives
-    with its thresholds. Returns what was mined and `table` with the cluster ids added."""
+    with its thresholds. Returns what was mined and `table` with the cluster ids (and, with
+    cfg.lexical, which needs the `captions`, the caption words and image neighbours) added."""
     if filter_cfg.estimator not in OFFLINE_ESTIMATORS:
         raise ValueError(
             f"filter {filter_cfg.estimator!r} has no offline form; choose one of "
@@ -108,6 +119,16 @@ def mine(
             table = table.replace(caption_cells=torch.from_numpy(cells))
     elif filter_cfg.estimator == "cluster" and table.cluster_ids is None:
         raise ValueError("the cluster filter needs k-means centres: set clusters > 0")
+    lexical = None
+    if cfg.lexical:
+        if captions is None or len(captions) != len(image):
+            raise ValueError("lexical mining needs the captions of the mined items")
+        lexical = lexical_inputs(captions, image, cfg.lexical_neighbours, cfg.visual_ratio)
+        near = lexical.image_neighbours
+        table = table.replace(
+            caption_words=torch.from_numpy(lexical.caption_words),
+            image_neighbours=None if near is None else torch.from_numpy(near),
+        )
     cands = rank_window(neigh.index, cfg.rank_start, cfg.rank_window)
     t1 = time.perf_counter()
     suspected = suspected_false_negatives(filter_cfg, text, image, table, cands)
@@ -121,6 +142,10 @@ def mine(
         cluster_ids=table.cluster_ids,
         centres=centres,
         caption_cells=table.caption_cells,
+        caption_words=table.caption_words if lexical else None,
+        image_neighbours=table.image_neighbours if lexical else None,
+        vocabulary=lexical.vocabulary if lexical else None,
+        word_ratios=lexical.ratios if lexical else None,
         ranks=[p + cfg.rank_start for p in picks],
         scores=[neigh.score[a, p + cfg.rank_start] for a, p in zip(rows, picks, strict=True)],
         filtered=[cands[a][suspected[a]] for a in rows],
@@ -137,6 +162,8 @@ def mine(
         "filter": filter_cfg.estimator,
         **_fn_quality(suspected, truth),
     }
+    if lexical:
+        mined.stats["visual_words"] = len(lexical.vocabulary)
     return mined, table
 
 
@@ -153,7 +180,7 @@ def caption_cells(text: np.ndarray, cluster_ids: np.ndarray, m: int) -> np.ndarr
     m = min(m, len(own) - 1)
     if m < 1:
         return own[:, None].copy()
-    return np.concatenate([own[:, None], own[caption_neighbours(text, m)]], axis=1)
+    return np.concatenate([own[:, None], own[exact_neighbours(text, m)]], axis=1)
 
 
 # ---------------------------------------------------------------------------- files
@@ -210,6 +237,19 @@ def write_mined(
         _write(out / "clusters.json", json.dumps(clusters) + "\n")
     elif (out / "clusters.json").exists():
         (out / "clusters.json").unlink()  # stale centres from an earlier run
+    if mined.caption_words is not None:
+        near = mined.image_neighbours
+        lexical = {
+            "format": LEXICAL_FORMAT,
+            "ids": ids,
+            "vocabulary": mined.vocabulary,
+            "ratios": {w: round(r, 4) for w, r in (mined.word_ratios or {}).items()},
+            "caption_words": [[i for i in row if i >= 0] for row in mined.caption_words.tolist()],
+            "image_neighbours": [] if near is None else near.tolist(),
+        }
+        _write(out / "lexical.json", json.dumps(lexical) + "\n")
+    elif (out / "lexical.json").exists():
+        (out / "lexical.json").unlink()
     _write(out / "mine.json", json.dumps(summary | mined.stats, indent=2) + "\n")
     return out
 
@@ -257,7 +297,31 @@ def read_mined(mined_dir: str | os.PathLike[str], records: Sequence[Record]) -> 
             filled[at] = got
             cells = torch.from_numpy(filled)
     stats = json.loads((root / "mine.json").read_text(encoding="utf-8"))
-    return Mined(negatives, groups, cluster_ids, centres, cells, stats=stats)
+    mined = Mined(negatives, groups, cluster_ids, centres, cells, stats=stats)
+    if (root / "lexical.json").is_file():
+        _read_lexical(root / "lexical.json", mined, rows_of, len(records))
+    return mined
+
+
+def _read_lexical(path: Path, mined: Mined, rows_of: Any, n: int) -> None:
+    """lexical.json into `mined`, as rows of the n-record manifest. An item the file lacks
+    gets no words (it matches no caption) and itself as every neighbour."""
+    lex = json.loads(path.read_text(encoding="utf-8"))
+    if lex.get("format") != LEXICAL_FORMAT:
+        raise ValueError(f"{path} is not a {LEXICAL_FORMAT} file")
+    at = np.array(rows_of(lex["ids"], "lexical.json"), dtype=np.int64)
+    width = max([1, *map(len, lex["caption_words"])])
+    words = np.full((n, width), -1, dtype=np.int64)
+    for row, ids in zip(at, lex["caption_words"], strict=True):
+        words[row, : len(ids)] = ids
+    mined.caption_words = torch.from_numpy(words)
+    if lex["image_neighbours"]:
+        got = at[np.array(lex["image_neighbours"], dtype=np.int64)]
+        near = np.repeat(np.arange(n, dtype=np.int64)[:, None], got.shape[1], axis=1)
+        near[at] = got
+        mined.image_neighbours = torch.from_numpy(near)
+    mined.vocabulary = list(lex["vocabulary"])
+    mined.word_ratios = dict(lex["ratios"])
 
 
 def config_summary(cfg: MineConfig, filter_cfg: LossConfig) -> dict[str, Any]:

@@ -5,8 +5,9 @@ Images go into an `EdgeIndex` collection (point id = the item's row as a UUID, p
 a's caption, best first, with a's own image removed: text->image is the direction retrieval
 serves and the one B3 / FlagEmbedding mine from.
 
-`caption_neighbours` is the text->text search the `cluster` estimator's caption cells need
-(exact, in blocks, without the index: it runs once per mining on features already in memory).
+`exact_neighbours` is the same-modality search mining's side inputs need: text->text for the
+`cluster` estimator's caption cells, image->image for the `lexical` estimator (exact, in
+blocks, without the index: it runs once per mining on features already in memory).
 """
 
 from __future__ import annotations
@@ -87,17 +88,17 @@ def nearest_neighbours(
     return Neighbours(out_idx, out_score, positive, time.perf_counter() - t0)
 
 
-def caption_neighbours(text: np.ndarray, m: int, block: int = 1024) -> np.ndarray:
-    """[N, m] int64: the rows of the m captions nearest to each caption (cosine, exact, best
+def exact_neighbours(x: np.ndarray, m: int, block: int = 1024) -> np.ndarray:
+    """[N, m] int64: the rows of the m items nearest to each item of x (cosine, exact, best
     first, itself excluded; equal scores in row order, as a stable sort gives them: templated
-    captions repeat, so ties are common). text [N, D] is L2-normalised; m must be in [1, N).
+    captions repeat, so ties are common). x [N, D] is L2-normalised; m must be in [1, N).
 
     `block` rows at a time (4 KiB x N bytes of scores for 1024). A fixed block, not one sized
     from N: the matmul's shape changes its last bits, and with them near-ties."""
-    n = len(text)
+    n = len(x)
     if not 1 <= m < n:
-        raise ValueError(f"caption neighbours must be in [1, {n - 1}] for {n} captions, got {m}")
-    x = np.asarray(text, dtype=np.float32)
+        raise ValueError(f"neighbours must be in [1, {n - 1}] for {n} items, got {m}")
+    x = np.asarray(x, dtype=np.float32)
     out = np.empty((n, m), dtype=np.int64)
     for s in range(0, n, block):
         rows = np.arange(s, min(s + block, n))

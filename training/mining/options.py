@@ -15,6 +15,8 @@ MINE_OPTIONS = (
     "clusters",
     "cluster_top",
     "cluster_text_neighbours",
+    "lexical_neighbours",
+    "visual_ratio",
 )
 
 
@@ -22,12 +24,14 @@ def check_mine_options(options: Any, prefix: str = "") -> None:
     """ValueError with a sentence naming the option (as `prefix` + name) that is out of range;
     `options` is anything with the `MINE_OPTIONS` attributes (either config)."""
     values = {name: getattr(options, name) for name in MINE_OPTIONS}
-    for name in ("rank_start", "clusters", "cluster_text_neighbours"):
+    for name in ("rank_start", "clusters", "cluster_text_neighbours", "lexical_neighbours"):
         if values[name] < 0:
             raise ValueError(f"{prefix}{name} must be 0 or more, got {values[name]}.")
     for name in ("rank_window", "negatives", "group_size", "cluster_top"):
         if values[name] < 1:
             raise ValueError(f"{prefix}{name} must be 1 or more, got {values[name]}.")
+    if not values["visual_ratio"] >= 0:
+        raise ValueError(f"{prefix}visual_ratio must be 0 or more, got {values['visual_ratio']}.")
     negatives, rank_window = values["negatives"], values["rank_window"]
     if negatives > rank_window:
         raise ValueError(
@@ -56,6 +60,10 @@ class MineConfig:
     neighbourhood. clusters: k-means centres (0 = none); cluster_top: centre ids per item.
     cluster_text_neighbours: M > 0 gives each caption the cells of the images of its M
     nearest captions too (`caption_cells`, read by the `cluster` estimator); 0 = its own only.
+    lexical: also mine the `lexical` estimator's inputs (`clipserve.training.mining.lexical`):
+    each caption's visual words (words whose images' mean lies at least visual_ratio times
+    further from the corpus mean than random images' would) and each image's
+    lexical_neighbours nearest images (0 = none).
     """
 
     rank_start: int = 3
@@ -65,6 +73,9 @@ class MineConfig:
     clusters: int = 0
     cluster_top: int = 1
     cluster_text_neighbours: int = 0
+    lexical: bool = False
+    lexical_neighbours: int = 10
+    visual_ratio: float = 1.5
     seed: int = 0
 
     def __post_init__(self) -> None:

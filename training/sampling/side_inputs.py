@@ -2,8 +2,9 @@
 
 The loss's estimators read things besides the features (`clipserve.training.losses.LossBatch`):
 ground truth (labels or attribute tags, for `oracle` and the FN diagnostics), caption and
-image-hash keys (`duplicate`), k-means cluster ids and caption cells (`cluster`), a frozen guide model's
-features (`guide`) and the optimizer step (`em`). They are properties of items, so they are
+image-hash keys (`duplicate`), k-means cluster ids and caption cells (`cluster`), caption words
+and image neighbours (`lexical`), a frozen guide model's features (`guide`) and the optimizer
+step (`em`). They are properties of items, so they are
 computed once for the data set (`ItemTable`, row i = record i) and sliced per batch.
 """
 
@@ -29,6 +30,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "guide": ("guide_image_features", "guide_text_features"),
     "duplicate": ("caption_keys", "image_keys"),
     "cluster": ("cluster_ids",),
+    "lexical": ("caption_words",),
     "oracle": (),
 }
 
@@ -45,6 +47,8 @@ class ItemTable:
     image_keys: torch.Tensor | None = None  # (N,) int64 dHash
     cluster_ids: torch.Tensor | None = None  # (N,) or (N, K) int64
     caption_cells: torch.Tensor | None = None  # (N, 1 + M) int64, see mining.mine.caption_cells
+    caption_words: torch.Tensor | None = None  # (N, L) int64, see mining.lexical
+    image_neighbours: torch.Tensor | None = None  # (N, k) int64 rows of each image's nearest
     guide_image_features: torch.Tensor | None = None  # (N, D) float
     guide_text_features: torch.Tensor | None = None  # (N, D) float
 
@@ -65,6 +69,8 @@ class ItemTable:
             value = getattr(self, f.name, None)
             if isinstance(value, torch.Tensor):
                 kw[f.name] = value[idx]
+        if self.caption_words is not None and self.image_neighbours is not None:
+            kw["neighbour_words"] = self.caption_words[self.image_neighbours[idx]]
         return LossBatch(step=step, **kw)
 
     def missing(self, estimator: str) -> list[str]:

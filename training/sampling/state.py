@@ -45,15 +45,18 @@ from clipserve.training.sampling.side_inputs import ItemTable
 
 def mine_config(cfg: TrainConfig) -> MineConfig:
     options = {name: getattr(cfg.sampling, name) for name in MINE_OPTIONS}
-    return MineConfig(**options, seed=cfg.run.seed)
+    lexical = "lexical" in (cfg.loss.estimator, cfg.sampling.filter)
+    return MineConfig(**options, lexical=lexical, seed=cfg.run.seed)
 
 
 def needs_mining(cfg: TrainConfig) -> bool:
-    """Whether training needs mined data: a non-random mode, or cluster ids to read."""
+    """Whether training needs mined data: a non-random mode, or cluster ids or caption words
+    to read."""
+    mined_inputs = ("cluster", "lexical")
     return (
         cfg.sampling.mode != "random"
-        or cfg.loss.estimator == "cluster"
-        or cfg.sampling.filter == "cluster"
+        or cfg.loss.estimator in mined_inputs
+        or cfg.sampling.filter in mined_inputs
     )
 
 
@@ -123,6 +126,10 @@ class TrainSampling:
             self.table = self.table.replace(
                 cluster_ids=mined.cluster_ids, caption_cells=mined.caption_cells
             )
+        if mined.caption_words is not None:
+            self.table = self.table.replace(
+                caption_words=mined.caption_words, image_neighbours=mined.image_neighbours
+            )
         mode, b, seed = self.cfg.sampling.mode, self.cfg.data.batch_size, self.cfg.run.seed
         if mode == "hard_batches":
             self.sampler = HardBatches(mined.groups, b, seed)
@@ -132,6 +139,11 @@ class TrainSampling:
             raise ValueError(
                 "loss.estimator = 'cluster' needs k-means cluster ids: set sampling.clusters "
                 "> 0 (or mine with --clusters)"
+            )
+        if self.cfg.loss.estimator == "lexical" and self.table.caption_words is None:
+            raise ValueError(
+                "loss.estimator = 'lexical' needs caption words, which sampling.mined lacks: "
+                "mine with --lexical (or leave sampling.mined unset and training mines them)"
             )
 
     def _mine_now(self, model: Any, out: Path) -> Mined:
@@ -143,7 +155,10 @@ class TrainSampling:
         filter_cfg = replace(loss, estimator=self.cfg.sampling.filter)
         mcfg = mine_config(self.cfg)
         index_dir = self.mined_root / f"index-rank{self.rank}"
-        mined, _ = mine(text, image, self.table, mcfg, filter_cfg, index_dir, self.progress)
+        captions = [r.caption for r in self.records]
+        mined, _ = mine(
+            text, image, self.table, mcfg, filter_cfg, index_dir, self.progress, captions
+        )
         if self.rank == 0:
             write_mined(out, self.records, mined, config_summary(mcfg, filter_cfg))
         return mined

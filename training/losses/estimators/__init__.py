@@ -10,6 +10,7 @@ from clipserve.training.losses.estimators.cluster import ClusterEstimator
 from clipserve.training.losses.estimators.duplicate import DuplicateEstimator
 from clipserve.training.losses.estimators.em import EMEstimator, em_flips
 from clipserve.training.losses.estimators.guide import GuideEstimator
+from clipserve.training.losses.estimators.lexical import LexicalEstimator
 from clipserve.training.losses.estimators.margin import MarginEstimator, threshold_mask
 from clipserve.training.losses.estimators.oracle import OracleEstimator, truth_matrices
 
@@ -19,6 +20,7 @@ ESTIMATORS: dict[str, Callable[[LossConfig], Estimator]] = {
     "guide": GuideEstimator,
     "duplicate": DuplicateEstimator,
     "cluster": ClusterEstimator,
+    "lexical": LexicalEstimator,
     "oracle": OracleEstimator,
 }
 
