@@ -55,6 +55,7 @@ from clipserve.training.mining.embed import embed_with_checkpoint  # noqa: E402
 from clipserve.training.mining.lexical import caption_word_ids, words  # noqa: E402
 from clipserve.training.mining.mine import MineConfig, config_summary, mine, write_mined  # noqa: E402
 from clipserve.training.sampling.side_inputs import build_item_table  # noqa: E402
+from clipserve.training.sampling.state import MINED_ESTIMATORS  # noqa: E402
 from clipserve.training.train import train  # noqa: E402
 
 MODEL = "clipserve-tiny-p16"  # --model
@@ -74,10 +75,6 @@ MARGIN = {"estimator": "margin", "margin_mode": "relative", "margin": 0.05}
 CLUSTER_TEXT_NEIGHBOURS = 5
 # `lexical`: mining's defaults (visual words at ratio 1.5, 10 image neighbours, majority vote).
 LEXICAL = {"estimator": "lexical"}
-
-
-# Estimators that read mined side inputs: their runs read the mined files even on random batches.
-MINED_INPUTS = ("cluster", "lexical")
 
 
 @dataclass(frozen=True)
@@ -317,7 +314,7 @@ def run_one(
 ) -> dict[str, Any]:  # fmt: skip
     out = run_dir(work, setting, spec, seed)
     sampling: dict[str, Any] = {"mode": spec.mode}
-    if spec.mode != "random" or spec.loss.get("estimator") in MINED_INPUTS:
+    if spec.mode != "random" or spec.loss.get("estimator") in MINED_ESTIMATORS:
         sampling["mined"] = str(mined[spec.mined_filter])
     cfg = _config(
         data.train, data.test, out, steps=steps, lr=5e-4, warmup=20, pretrained=str(base),
@@ -787,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s for s in runs() if (s.name in args.only if args.only else args.extra or not s.extra)
         ]
         paths = synth.generate(data_cfg, work / "data" / setting, progress=False, reuse=True).paths
-        filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") in MINED_INPUTS}  # fmt: skip
+        filters = {s.mined_filter for s in specs if s.mode != "random" or s.loss.get("estimator") in MINED_ESTIMATORS}  # fmt: skip
         filters.add("none")  # the groups and clusters FN detection runs on
         mined = mine_target(work, setting, paths.train, base, filters)
         plan.append((setting, specs, paths, mined))

@@ -95,6 +95,12 @@ def test_lexical_rule_on_a_hand_example() -> None:
     i2t, t2i = _lexical(LossBatch(caption_words=WORDS, neighbour_words=near), 4)
     assert t2i.tolist() == [[1, 1, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]]
     assert torch.equal(i2t, t2i.T)
+    # Local rows (local_loss): rows 2-3 of the same relation, both directions.
+    fn = ESTIMATORS["lexical"](LossConfig(estimator="lexical"))
+    cos = torch.zeros(2, 4)
+    b = LossBatch(caption_words=WORDS, neighbour_words=near)
+    local_i2t, local_t2i = fn(EstimatorInput(cos, cos, 2, b, 0))
+    assert torch.equal(local_t2i, t2i[2:]) and torch.equal(local_i2t, i2t[2:])
     # "large red circle" has one of image 3's two votes: not a majority of 0.75.
     _, t2i = _lexical(LossBatch(caption_words=WORDS, neighbour_words=near), 4, lexical_votes=0.75)
     assert t2i[:, 3].tolist() == [1, 0, 0, 0]

@@ -2,7 +2,7 @@
 
     clipserve mine --data train.jsonl (--checkpoint ckpt.pt | --bundle DIR) --out DIR
                    [--rank-start 3] [--rank-window 30] [--negatives 3] [--group-size 16]
-                   [--filter none|margin|guide|duplicate|cluster|oracle] [--margin M]
+                   [--filter none|margin|guide|duplicate|cluster|lexical|oracle] [--margin M]
                    [--margin-mode absolute|relative] [--guide-checkpoint PT | --guide-bundle DIR]
                    [--clusters C] [--cluster-top 1] [--cluster-text-neighbours M]
                    [--lexical] [--lexical-neighbours 10] [--visual-ratio 1.5]
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--margin-mode", choices=MARGIN_MODES, default="absolute")
     f.add_argument("--hash-max-distance", type=int, default=0,
                    help="duplicate: image hashes within this many bits match (default %(default)s)")  # fmt: skip
-    f.add_argument("--lexical-votes", type=float, default=0.5, metavar="V",
+    f.add_argument("--lexical-votes", type=float, default=LossConfig.lexical_votes, metavar="V",
                    help="lexical: the fraction of the image's neighbours whose captions must "
                    "hold the words (default %(default)s)")  # fmt: skip
     guide = f.add_mutually_exclusive_group()

@@ -67,12 +67,12 @@ def word_ratios(captions: Sequence[str], image: np.ndarray) -> dict[str, float]:
     sums = np.zeros((len(index), x.shape[1]))
     np.add.at(sums, np.asarray(rows, dtype=np.int64), x[np.asarray(cols, dtype=np.int64)])
     counts = np.bincount(np.asarray(rows, dtype=np.int64), minlength=len(index))
-    out = {}
-    for w, k in index.items():
-        spread = math.sqrt(var / counts[k]) if var > 0 else 0.0
-        d = float(np.linalg.norm(sums[k])) / counts[k]
-        out[w] = d / spread if spread > 0 else 0.0
-    return out
+    if var <= 0:  # every image alike: no word can say anything about them
+        return dict.fromkeys(index, 0.0)
+    return {
+        w: float(np.linalg.norm(sums[k])) / counts[k] / math.sqrt(var / counts[k])
+        for w, k in index.items()
+    }
 
 
 def caption_word_ids(captions: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:

@@ -49,14 +49,17 @@ def mine_config(cfg: TrainConfig) -> MineConfig:
     return MineConfig(**options, lexical=lexical, seed=cfg.run.seed)
 
 
+# Estimators that read mined side inputs (cluster ids, caption words): training mines for
+# them even on random batches.
+MINED_ESTIMATORS = ("cluster", "lexical")
+
+
 def needs_mining(cfg: TrainConfig) -> bool:
-    """Whether training needs mined data: a non-random mode, or cluster ids or caption words
-    to read."""
-    mined_inputs = ("cluster", "lexical")
+    """Whether training needs mined data: a non-random mode, or an estimator's mined inputs."""
     return (
         cfg.sampling.mode != "random"
-        or cfg.loss.estimator in mined_inputs
-        or cfg.sampling.filter in mined_inputs
+        or cfg.loss.estimator in MINED_ESTIMATORS
+        or cfg.sampling.filter in MINED_ESTIMATORS
     )
 
 

@@ -62,6 +62,9 @@ class LexicalEstimator:
         near = None if near is None else near.to(words.device)
         mine = words[x.rows]
         t2i = self.matches(mine, words, near)  # caption row a, image column k
-        i2t = self.matches(words, mine, None if near is None else near[x.rows]).T
+        if len(mine) == len(words):  # every item is a row: image a vs caption k is t2i[k, a]
+            i2t = t2i.T
+        else:
+            i2t = self.matches(words, mine, None if near is None else near[x.rows]).T
         dtype = x.cos_i2t.dtype
         return i2t.to(dtype), t2i.to(dtype)
