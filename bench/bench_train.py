@@ -181,6 +181,7 @@ def _config(
     train_path: Path, val: Path, out: Path, *, steps: int, lr: float, warmup: int,
     pretrained: str | None = None, seed: int = 0, loss: dict[str, Any] | None = None,
     sampling: dict[str, Any] | None = None, guide: bool = False, progress: bool = False,
+    cache_dir: Path | None = None,
 ):  # fmt: skip
     model: dict[str, Any] = {"name": MODEL}
     if pretrained:
@@ -189,7 +190,12 @@ def _config(
         model["guide"] = "start"
     raw = {
         "model": model,
-        "data": {"train": str(train_path), "val": str(val), "batch_size": BATCH},
+        "data": {
+            "train": str(train_path),
+            "val": str(val),
+            "batch_size": BATCH,
+            "cache_dir": str(cache_dir) if cache_dir else None,
+        },
         "optim": {"lr": lr, "warmup_steps": warmup, "max_steps": steps, "epochs": 1},
         "loss": loss or {},
         "sampling": sampling or {},
@@ -319,6 +325,7 @@ def run_one(
     cfg = _config(
         data.train, data.test, out, steps=steps, lr=5e-4, warmup=20, pretrained=str(base),
         seed=seed, loss=spec.loss, sampling=sampling, guide=spec.uses_guide,
+        cache_dir=work / "cache",  # the runs of a setting share its images and guide features
     )  # fmt: skip
     t0 = time.perf_counter()
     result = train(cfg)

@@ -462,3 +462,34 @@ def test_guide_start_is_a_frozen_copy_of_the_starting_weights(
     np.testing.assert_allclose(gi.numpy(), image, atol=1e-5)
     np.testing.assert_allclose(gt.numpy(), text, atol=1e-5)
     assert load_guide(ModelConfig(name="clipserve-micro"), torch.device("cpu")) is None
+
+
+def test_guide_features_cache(
+    tiny_data, micro_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """data.cache_dir: the guide's features are read back exactly; other guide weights are
+    another entry (the key follows the weights, not the file name)."""
+    from clipserve.training.config import ModelConfig
+    from clipserve.training.sampling import guide as guide_mod
+
+    cfg = ModelConfig(name="clipserve-micro", pretrained=str(micro_checkpoint), guide="start")
+    guide = guide_mod.load_guide(cfg, torch.device("cpu"))
+    assert guide is not None
+    records = read_manifest(tiny_data.test)[:8]
+    want = guide_mod.guide_features(guide, records, torch.device("cpu"))
+    got = guide_mod.guide_features(guide, records, torch.device("cpu"), cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    assert len(list(tmp_path.glob("guide-*.pt"))) == 1
+
+    def no_embedding(*_a, **_k):
+        raise AssertionError("the guide embedded the data again")
+
+    monkeypatch.setattr(guide_mod, "embed_dataset", no_embedding)
+    again = guide_mod.guide_features(guide, records, torch.device("cpu"), cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(want, again, strict=True))
+    monkeypatch.undo()
+    with torch.no_grad():
+        guide.model.visual.conv1.weight.mul_(0.5)  # the image features change
+    other = guide_mod.guide_features(guide, records, torch.device("cpu"), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("guide-*.pt"))) == 2
+    assert not torch.equal(other[0], want[0])

@@ -84,6 +84,9 @@ class DataConfig:
     augment: bool = False
     # Cache decoded images in memory when they take at most this many MiB (0 disables).
     cache_max_mib: int = 2048
+    # A directory where runs over the same data share the decoded images and a frozen
+    # guide's features (training/data/cache.py): a sweep decodes and embeds them once.
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.train:

@@ -44,7 +44,8 @@ from clipserve.training.checkpointing import (
     truncate_metrics,
 )
 from clipserve.training.config import TrainConfig, load_config
-from clipserve.training.data.manifest import ImageTextDataset, materialize, read_manifest
+from clipserve.training.data.cache import materialize_cached
+from clipserve.training.data.manifest import ImageTextDataset, read_manifest
 from clipserve.training.distributed import (
     DistContext,
     init_distributed,
@@ -220,7 +221,7 @@ def _sampling(
     if cfg.model.guide:
         loaded = load_guide(cfg.model, device)
         assert loaded is not None
-        guide = guide_features(loaded, records, device, cache)
+        guide = guide_features(loaded, records, device, cache, cfg.data.cache_dir)
         del loaded
     table = build_item_table(records, image_keys="image_keys" in needed, guide=guide)
     return TrainSampling(
@@ -302,7 +303,7 @@ def _train(
     h, w = image_size(model)
     cache_mib = len(records) * 3 * h * w * 4 / 2**20
     cached = not cfg.data.augment and cache_mib <= cfg.data.cache_max_mib
-    cache = materialize(dataset) if cached else None
+    cache = materialize_cached(dataset, cfg.data.cache_dir) if cached else None
     batches = _Batches(dataset, cfg, cache)
     sampling = _sampling(cfg, records, cache, device, out_dir, ddp)
     spe = sampling.steps_per_epoch
@@ -317,7 +318,8 @@ def _train(
     val = None
     if cfg.data.val:
         vrec = read_manifest(cfg.data.val)
-        vimg, vtok = materialize(ImageTextDataset(vrec, loaded.preprocess_val, loaded.tokenizer))
+        vdata = ImageTextDataset(vrec, loaded.preprocess_val, loaded.tokenizer)
+        vimg, vtok = materialize_cached(vdata, cfg.data.cache_dir)
         val = (vimg, vtok, relevance_labels(vrec))
 
     loss_fn = build_loss(cfg.loss, rank=ddp.rank, world_size=ddp.world_size)

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from clipserve.training.config import ModelConfig
+from clipserve.training.data.cache import cached as cached_entry
+from clipserve.training.data.cache import images_key, model_key, tensors_key
 from clipserve.training.data.manifest import Record
 from clipserve.training.evaluate import embed_dataset, embed_tensors
 from clipserve.training.model import LoadedModel, checkpoint_model_name, load_pretrained
@@ -40,24 +42,34 @@ def guide_features(
     records: Sequence[Record],
     device: torch.device,
     cached: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image [N, D], text [N, D]) guide features of every record, L2-normalised.
 
     `cached` = the training model's preprocessed (images, tokens), reused when the guide
-    has the same image size and context length (same preprocessing and tokenizer assumed); otherwise images are decoded again with the guide's own
-    preprocessing (e.g. a larger model).
+    has the same image size and context length (same preprocessing and tokenizer assumed);
+    otherwise images are decoded again with the guide's own preprocessing (e.g. a larger
+    model). `cache_dir` (data.cache_dir): the features are read from there when a run with
+    the same guide weights, images and captions wrote them (`data.cache`).
     """
-    size = getattr(guide.model.visual, "image_size", None)
-    same_text = getattr(guide.model, "context_length", None) == (
-        cached[1].shape[1] if cached is not None else None
-    )
-    if cached is not None and same_text and _same_size(size, tuple(cached[0].shape[-2:])):
-        text, image = embed_tensors(guide.model, cached[0], cached[1], device=device)
-    else:
-        text, image = embed_dataset(
-            guide.model, records, guide.preprocess_val, guide.tokenizer, device=device
+    tokens = guide.tokenizer([r.caption for r in records])
+    key = tensors_key(model_key(guide.model), images_key(records, guide.preprocess_val), tokens)
+
+    def compute() -> dict[str, torch.Tensor]:
+        size = getattr(guide.model.visual, "image_size", None)
+        same_text = getattr(guide.model, "context_length", None) == (
+            cached[1].shape[1] if cached is not None else None
         )
-    return torch.from_numpy(image), torch.from_numpy(text)
+        if cached is not None and same_text and _same_size(size, tuple(cached[0].shape[-2:])):
+            text, image = embed_tensors(guide.model, cached[0], cached[1], device=device)
+        else:
+            text, image = embed_dataset(
+                guide.model, records, guide.preprocess_val, guide.tokenizer, device=device
+            )
+        return {"image": torch.from_numpy(image), "text": torch.from_numpy(text)}
+
+    features = cached_entry(cache_dir, "guide", key, compute)
+    return features["image"], features["text"]
 
 
 def _same_size(size: object, hw: tuple[int, ...]) -> bool:
