@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_train import make_fixture, micro_config
 
+from clipserve.training.config import load_config
 from clipserve.training.data import cache as cache_mod
 from clipserve.training.data.manifest import ImageTextDataset, materialize, read_manifest
 from clipserve.training.model import ModelSpec, create_model
 from clipserve.training.train import train
-from tests.test_train import make_fixture, micro_config
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,13 @@ def test_training_with_a_cache_dir_trains_the_same(manifest: Path, tmp_path: Pat
         b = torch.load(result.checkpoint, weights_only=False)["model"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert result.eval_metrics == plain.eval_metrics
+
+
+def test_cache_dir_is_a_path_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "sweep.toml"
+    config.write_text('[data]\ntrain = "../data/train.jsonl"\ncache_dir = "../work/cache"\n')
+    cfg = load_config(config)
+    assert cfg.data.cache_dir is not None
+    assert Path(cfg.data.cache_dir).resolve() == (tmp_path / "work" / "cache").resolve()
+    assert load_config(None, ["data.train=x.jsonl"]).data.cache_dir is None

@@ -32,6 +32,7 @@ from clipserve.training.mining.options import check_mine_options
 PATH_FIELDS = {
     ("data", "train"),
     ("data", "val"),
+    ("data", "cache_dir"),
     ("run", "output_dir"),
     ("sampling", "mined"),
 }
