@@ -209,6 +209,9 @@ def _config(
             "output_dir": str(out),
             "seed": seed,
             "device": "cpu",
+            # This process's threads: all cores for the base, 1 in a --workers child (run.threads
+            # 0 would give each child every core, two workers oversubscribing two cores).
+            "threads": torch.get_num_threads(),
             "save_every_steps": 0,
             "log_every": 10,
             "progress": progress,
