@@ -42,7 +42,7 @@ lint: $(STAMP)  ## ruff lint + format check, mypy on hand-written code
 proto: $(STAMP)  ## regenerate the gRPC/protobuf stubs in proto/v1 from proto/v1/*.proto
 	$(BIN)/python -m clipserve.proto.generate
 
-bench-train: $(STAMP)  ## FN-filtered hard-negative benchmark -> docs/results/fn_benchmark.{json,md,png} (about 50 min on 2 cores, plus the install)
+bench-train: $(STAMP)  ## FN-filtered hard-negative benchmark -> docs/results/fn_benchmark.{json,md,png} (about 36 min on 2 cores, plus the install)
 	$(BIN)/python bench/bench_train.py --work $(WORK)/bench-train --out docs/results $(BENCH_ARGS)
 
 fn-ceiling: $(STAMP)  ## after bench-train: how well could any rule on the embeddings detect false negatives? -> docs/results/fn_ceiling.json (about 6 min)
