@@ -50,7 +50,7 @@ def test_images_read_back_bit_for_bit(manifest: Path, loaded, tmp_path: Path, mo
 
 
 def test_a_changed_image_or_transform_is_a_new_entry(
-    manifest: Path, loaded, tmp_path_factory: pytest.TempPathFactory
+    loaded, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     root = tmp_path_factory.mktemp("changed")
     path = make_fixture(root, per_class=1)
@@ -125,3 +125,6 @@ def test_cache_dir_is_a_path_relative_to_the_config(tmp_path: Path) -> None:
     assert cfg.data.cache_dir is not None
     assert Path(cfg.data.cache_dir).resolve() == (tmp_path / "work" / "cache").resolve()
     assert load_config(None, ["data.train=x.jsonl"]).data.cache_dir is None
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="data.cache_dir .* is not a directory"):
+        load_config(None, ["data.train=x.jsonl", f"data.cache_dir={tmp_path / 'afile'}"])

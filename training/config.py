@@ -100,6 +100,12 @@ class DataConfig:
             raise ValueError(f"data.workers must be 0 or more, got {self.workers}.")
         if self.cache_max_mib < 0:
             raise ValueError(f"data.cache_max_mib must be 0 or more, got {self.cache_max_mib}.")
+        if (
+            self.cache_dir is not None
+            and Path(self.cache_dir).exists()
+            and not Path(self.cache_dir).is_dir()
+        ):
+            raise ValueError(f"data.cache_dir {self.cache_dir} exists and is not a directory.")
 
 
 @dataclass(frozen=True)

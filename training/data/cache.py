@@ -1,7 +1,7 @@
 """An on-disk cache of what runs over the same data compute again (`data.cache_dir`): the
 decoded, preprocessed images of a manifest, and a frozen guide model's features of them.
 
-A sweep (the benchmark's 69 runs, a user's learning-rate search) decodes the same images
+A sweep (the benchmark's 63 runs, a user's learning-rate search) decodes the same images
 and embeds them with the same guide in every run: 3-6 s of a 1-minute run here. With a
 cache directory the first run writes each entry and the others read it back, bit for bit.
 
@@ -67,14 +67,15 @@ def model_key(model: torch.nn.Module) -> str:
 def cached(
     cache_dir: str | Path | None,
     kind: str,
-    key: str,
+    key: Callable[[], str],
     compute: Callable[[], dict[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
     """`compute()` (a dict of tensors), read from CACHE_DIR/KIND-KEY.pt when an earlier run
-    wrote it; written there otherwise. cache_dir None: compute, nothing is stored."""
+    wrote it; written there otherwise. cache_dir None: compute, nothing is stored, and the
+    key (which stats every image or hashes a model) is never computed."""
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir) / f"{kind}-{key}.pt"
+    path = Path(cache_dir) / f"{kind}-{key()}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     value = compute()
@@ -96,8 +97,12 @@ def materialize_cached(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`manifest.materialize` with the images read from (or written to) the cache; the
     tokens are always the dataset's own (tokenising is cheap)."""
-    key = images_key(dataset.records, dataset.transform)
-    images = cached(cache_dir, "images", key, lambda: {"images": materialize(dataset)[0]})
+    images = cached(
+        cache_dir,
+        "images",
+        lambda: images_key(dataset.records, dataset.transform),
+        lambda: {"images": materialize(dataset)[0]},
+    )
     return images["images"], dataset.tokens
 
 

@@ -50,10 +50,14 @@ def guide_features(
     has the same image size and context length (same preprocessing and tokenizer assumed);
     otherwise images are decoded again with the guide's own preprocessing (e.g. a larger
     model). `cache_dir` (data.cache_dir): the features are read from there when a run with
-    the same guide weights, images and captions wrote them (`data.cache`).
+    the same guide weights, images and captions wrote them (training/data/cache.py).
     """
-    tokens = guide.tokenizer([r.caption for r in records])
-    key = tensors_key(model_key(guide.model), images_key(records, guide.preprocess_val), tokens)
+
+    def key() -> str:
+        tokens = guide.tokenizer([r.caption for r in records])
+        return tensors_key(
+            model_key(guide.model), images_key(records, guide.preprocess_val), tokens
+        )
 
     def compute() -> dict[str, torch.Tensor]:
         size = getattr(guide.model.visual, "image_size", None)
